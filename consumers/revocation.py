@@ -1,0 +1,32 @@
+"""Closing every open socket of a client when it is deactivated.
+
+Each consumer joins its client's channel-layer group. With
+``RedisChannelLayer`` (``REDIS_URL`` set) a message sent to the group
+reaches every daphne worker. ``InMemoryChannelLayer`` reaches only the
+sockets of the process that sends it; with it, a deactivated client's
+open sockets are refused at their next command instead, because the
+transfer service checks the client's state in the command's transaction.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+__all__ = ["announce_revocation", "client_group"]
+
+
+def client_group(client_id: int) -> str:
+    return f"client.{client_id}"
+
+
+async def announce_revocation(client_id: int) -> None:
+    """Tell every consumer of the client, on every worker, to close its socket."""
+    layer = get_channel_layer()
+    if layer is None:  # pragma: no cover - settings always configure a layer
+        return
+    await layer.group_send(client_group(client_id), {"type": "client.revoked"})
+
+
+def announce_revocation_sync(client_id: int) -> None:
+    async_to_sync(announce_revocation)(client_id)

@@ -1,0 +1,86 @@
+"""Parsing and checking of client certificates with ``cryptography``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .exceptions import CertificateInvalid
+
+__all__ = [
+    "CertificateFacts",
+    "der_from_pem",
+    "inspect_certificate",
+    "sha256_fingerprint",
+]
+
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """What identity needs to know of one parsed certificate."""
+
+    fingerprint_sha256: str
+    subject: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    @property
+    def fingerprint_prefix(self) -> str:
+        """First 16 hex digits of the fingerprint, the form used in logs."""
+        return self.fingerprint_sha256[:16]
+
+
+def sha256_fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def der_from_pem(pem: str | bytes) -> bytes:
+    """Decode exactly one PEM certificate to DER.
+
+    Raises CertificateInvalid when the text holds no certificate, more than
+    one, or anything that does not parse.
+    """
+    text = pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem
+    if text.count(_PEM_BEGIN) != 1 or text.count(_PEM_END) != 1:
+        raise CertificateInvalid("expected exactly one PEM certificate")
+    try:
+        certificate = x509.load_pem_x509_certificate(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise CertificateInvalid(f"certificate does not parse: {exc}") from exc
+    return certificate.public_bytes(Encoding.DER)
+
+
+def inspect_certificate(der: bytes, *, now: dt.datetime | None = None) -> CertificateFacts:
+    """Parse a DER certificate and check that ``now`` lies within its validity dates.
+
+    Raises CertificateInvalid for an unparsable certificate and for one that
+    is expired or not yet valid. Chain and signature checks are the TLS
+    terminator's job: daphne's or nginx's handshake has done them already.
+    """
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        not_before = certificate.not_valid_before_utc
+        not_after = certificate.not_valid_after_utc
+        subject = certificate.subject.rfc4514_string()
+    except ValueError as exc:
+        raise CertificateInvalid(f"certificate does not parse: {exc}") from exc
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if now < not_before:
+        raise CertificateInvalid(f"certificate is not valid before {not_before.isoformat()}")
+    if now > not_after:
+        raise CertificateInvalid(f"certificate expired at {not_after.isoformat()}")
+
+    return CertificateFacts(
+        fingerprint_sha256=sha256_fingerprint(der),
+        subject=subject,
+        not_before=not_before,
+        not_after=not_after,
+    )

@@ -1,0 +1,236 @@
+"""Real servers for tests: redis-server, the project's ``serve`` command, nginx.
+
+Each binds to loopback or a unix socket under the test's temporary
+directory, on a free port, and is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import redis
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
+
+
+def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+class RedisServer:
+    """A redis-server process on a free loopback port, keeping nothing on disk."""
+
+    def __init__(self, directory: Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+        self.log_path = directory / f"redis-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed; .ci/run installs it with apt-get")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+                "--maxmemory-policy", "noeviction",
+                "--logfile", str(self.log_path),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=10, message=f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.log_path}")
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections stay open but nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+def project_env(**overrides: str | None) -> dict[str, str]:
+    """Environment for a project subprocess: the test's variables minus Django's test overrides."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env["DJANGO_SETTINGS_MODULE"] = "realtime.settings"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("REDIS_URL", None)
+    env.pop("REDIS_CLUSTER", None)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def manage(*args: str, env: dict[str, str], check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "manage.py"), *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+    )
+
+
+class ServeProcess:
+    """``manage.py serve`` with mutual TLS on a free loopback port and/or a unix socket."""
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        pki_dir: Path,
+        log_dir: Path,
+        tls: bool = True,
+        unix_socket: Path | None = None,
+        name: str = "serve",
+    ) -> None:
+        self.env = env
+        self.pki_dir = pki_dir
+        self.tls = tls
+        self.unix_socket = unix_socket
+        self.log_path = log_dir / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+        self._log: IO[str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"wss://localhost:{self.port}/ws/v1/transfers/"
+
+    def start(self, timeout: float = 30) -> ServeProcess:
+        args = [sys.executable, "-u", str(PROJECT_ROOT / "manage.py"), "serve"]
+        if self.tls:
+            args += [
+                "--port", "0",
+                "--tls-cert", str(self.pki_dir / "server.pem"),
+                "--tls-key", str(self.pki_dir / "server.key"),
+                "--client-ca", str(self.pki_dir / "ca.pem"),
+            ]
+        if self.unix_socket is not None:
+            args += ["--unix-socket", str(self.unix_socket)]
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            args, cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+        expected = int(self.tls) + int(self.unix_socket is not None)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        assert self.process.stdout is not None
+        while seen < expected:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"serve did not start within {timeout}s; log: {self.log_text()}")
+            line = self.process.stdout.readline()
+            if not line:
+                self.stop()
+                raise RuntimeError(f"serve exited with {self.process.poll()}; log: {self.log_text()}")
+            if line.startswith("Listening on https://"):
+                self.port = int(line.rsplit(":", 1)[1])
+                seen += 1
+            elif line.startswith("Listening on unix:"):
+                seen += 1
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text()[-4000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """Kill the process at once (SIGKILL), as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.stop()
+
+
+@contextmanager
+def running(server) -> Iterator:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

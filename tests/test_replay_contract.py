@@ -1,0 +1,368 @@
+"""Contract tests that every replay store backend must pass, on a real Redis where it applies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis
+
+from realtime.exceptions import ReplayRejected, ReplayStoreUnavailable
+from realtime.protocol import MAX_SAFE_INTEGER
+from realtime.replay import MemoryReplayStore, ReplayCheck, ReplayStore
+from realtime.replay.redis import RedisReplayStore
+from tests.support.servers import free_port
+
+SKEW = 30_000
+WINDOW = 8
+START = 1_800_000_000_000
+
+
+class FakeClock:
+    """A clock the test moves by hand, in Unix milliseconds."""
+
+    def __init__(self, now: int = START) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+StoreFactory = Callable[..., ReplayStore]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """Build stores of one backend; Redis stores share the test's empty redis-server."""
+    stores: list[ReplayStore] = []
+
+    def factory(*, clock: Callable[[], int] | None = None, skew: int = SKEW, window: int = WINDOW) -> ReplayStore:
+        options = {"max_skew_ms": skew, "seq_window": window, "session_ttl_ms": 3_600_000, "clock": clock}
+        if request.param == "memory":
+            store: ReplayStore = MemoryReplayStore(**options)
+        else:
+            url = request.getfixturevalue("redis_url")
+            store = RedisReplayStore(url, timeout_ms=2000, **options)
+        stores.append(store)
+        return store
+
+    factory.backend = request.param  # type: ignore[attr-defined]
+    yield factory
+    for store in stores:
+        await store.close()
+
+
+def check(ts: int = START, nonce: str = "nonce-0000000000001", **kwargs) -> ReplayCheck:
+    return ReplayCheck(identity=kwargs.pop("identity", "alice"), ts_ms=ts, nonce=nonce, **kwargs)
+
+
+def session_check(seq: int, *, nonce: str | None = None, session: str = "S" * 22, create: bool = True, **kwargs) -> ReplayCheck:
+    return check(
+        nonce=nonce or f"nonce-seq-{seq:012d}",
+        session=session,
+        seq=seq,
+        create_session=create,
+        **kwargs,
+    )
+
+
+async def rejection_code(store: ReplayStore, replay_check: ReplayCheck) -> str:
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(replay_check)
+    return caught.value.code
+
+
+# --- timestamps -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offset", "accepted"),
+    [(-SKEW, True), (-SKEW - 1, False), (SKEW, True), (SKEW + 1, False), (0, True)],
+)
+async def test_timestamp_window_boundaries(make_store: StoreFactory, offset: int, accepted: bool) -> None:
+    clock = FakeClock()
+    store = make_store(clock=clock)
+    replay_check = check(ts=START + offset)
+    if accepted:
+        verdict = await store.check(replay_check)
+        assert verdict.server_time_ms == START
+        return
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(replay_check)
+    assert caught.value.code == "replay.timestamp_out_of_window"
+    assert caught.value.extra["server_time"] == START
+    assert caught.value.status == 400
+
+
+async def test_timestamp_rejection_records_nothing(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    store = make_store(clock=clock)
+    assert await rejection_code(store, check(ts=START - SKEW - 1)) == "replay.timestamp_out_of_window"
+    await store.check(check(ts=START))
+
+
+async def test_server_clock_used_by_default(make_store: StoreFactory) -> None:
+    store = make_store()
+    now = int(time.time() * 1000)
+    verdict = await store.check(check(ts=now))
+    assert abs(verdict.server_time_ms - now) < 5_000
+    assert await rejection_code(store, check(ts=now - 10 * SKEW, nonce="nonce-0000000000002")) == (
+        "replay.timestamp_out_of_window"
+    )
+
+
+# --- nonces ---------------------------------------------------------------
+
+
+async def test_nonce_reuse_rejected(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(check())
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(check(ts=START + 1))
+    assert caught.value.code == "replay.nonce_reused"
+    assert caught.value.status == 409
+
+
+async def test_nonce_namespaced_per_identity(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(check(identity="alice"))
+    await store.check(check(identity="bob"))
+    assert await rejection_code(store, check(identity="bob")) == "replay.nonce_reused"
+
+
+async def test_nonce_compared_exactly(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(check(nonce="Nonce-AAAAAAAAAAAA"))
+    await store.check(check(nonce="nonce-AAAAAAAAAAAA"))
+    await store.check(check(nonce="Nonce-AAAAAAAAAAAA_"))
+
+
+async def test_nonce_kept_until_timestamp_leaves_window(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    store = make_store(clock=clock)
+    # Recorded at the window's far edge: it must outlive the whole window
+    # measured from its own timestamp, not from the moment it was seen.
+    await store.check(check(ts=START + SKEW))
+    clock.now = START + 2 * SKEW
+    assert await rejection_code(store, check(ts=START + SKEW)) == "replay.nonce_reused"
+    if make_store.backend == "redis":  # type: ignore[attr-defined]
+        ttl = redis.Redis.from_url(store.url).pttl("rt:{alice}:n:nonce-0000000000001")  # type: ignore[attr-defined]
+        # Recorded at START with ts = START + SKEW: it lives until ts + SKEW.
+        assert 2 * SKEW - 5_000 < ttl <= 2 * SKEW + 1
+
+
+async def test_nonce_expires_with_real_clock(make_store: StoreFactory) -> None:
+    store = make_store(skew=300)
+    now = int(time.time() * 1000)
+    await store.check(check(ts=now - 200))
+    # ts + skew has passed once 100 ms are over; wait with margin.
+    await asyncio.sleep(0.35)
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(check(ts=now - 200))
+    assert caught.value.code == "replay.timestamp_out_of_window"
+    # The same nonce with a fresh timestamp is accepted: it had expired.
+    await store.check(check(ts=int(time.time() * 1000)))
+
+
+# --- sequence window ------------------------------------------------------
+
+
+async def test_sequence_in_order_then_reuse(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    for seq in (1, 2, 3):
+        verdict = await store.check(session_check(seq, create=seq == 1))
+        assert verdict.highest_seq == seq
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(session_check(2, nonce="nonce-fresh-000000001", create=False))
+    assert caught.value.code == "replay.sequence_reused"
+    assert caught.value.extra["expected_seq"] == 4
+    assert caught.value.extra["window_floor"] == 1
+
+
+async def test_sequence_out_of_order_within_window(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(session_check(5))
+    for seq in (3, 1, 4, 2):
+        verdict = await store.check(session_check(seq, create=False))
+        assert verdict.highest_seq == 5
+    assert await rejection_code(store, session_check(3, nonce="nonce-fresh-000000002")) == "replay.sequence_reused"
+
+
+async def test_sequence_window_edges(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(session_check(20))
+    # The window holds 20 - WINDOW + 1 = 13 .. 20.
+    await store.check(session_check(13))
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(session_check(12))
+    assert caught.value.code == "replay.sequence_too_old"
+    assert caught.value.extra["window_floor"] == 13
+    assert caught.value.extra["expected_seq"] == 21
+
+
+async def test_sequence_rejection_keeps_nonce_unused(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(session_check(1))
+    nonce = "nonce-after-reject-01"
+    assert await rejection_code(store, session_check(1, nonce=nonce)) == "replay.sequence_reused"
+    await store.check(session_check(2, nonce=nonce))
+
+
+async def test_nonce_rejection_keeps_sequence_unused(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(session_check(1, nonce="nonce-shared-00000001"))
+    assert await rejection_code(store, session_check(2, nonce="nonce-shared-00000001")) == "replay.nonce_reused"
+    await store.check(session_check(2))
+
+
+async def test_jump_beyond_window_clears_it(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    for seq in range(1, WINDOW + 1):
+        await store.check(session_check(seq, create=seq == 1))
+    await store.check(session_check(100))
+    # 100 - WINDOW + 1 = 93 .. 99 were never seen, whatever the ring held.
+    for seq in range(93, 100):
+        await store.check(session_check(seq))
+    assert await rejection_code(store, session_check(92)) == "replay.sequence_too_old"
+
+
+async def test_short_jump_clears_stale_ring_positions(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    for seq in range(1, WINDOW + 1):
+        await store.check(session_check(seq, create=seq == 1))
+    # Jumping to WINDOW + 3 reuses the ring positions of 1..3; the skipped
+    # numbers WINDOW + 1 and WINDOW + 2 must read as unseen.
+    await store.check(session_check(WINDOW + 3))
+    await store.check(session_check(WINDOW + 1))
+    await store.check(session_check(WINDOW + 2))
+    assert await rejection_code(store, session_check(WINDOW + 2, nonce="nonce-again-000000003")) == (
+        "replay.sequence_reused"
+    )
+    assert await rejection_code(store, session_check(3, nonce="nonce-old-00000000003")) == "replay.sequence_too_old"
+
+
+async def test_sequence_exact_at_max_safe_integer(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    top = MAX_SAFE_INTEGER
+    await store.check(session_check(top - 1))
+    await store.check(session_check(top))
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(session_check(top - 1, nonce="nonce-big-0000000001"))
+    assert caught.value.code == "replay.sequence_reused"
+    assert caught.value.extra["expected_seq"] == top + 1
+    await store.check(session_check(top - WINDOW + 1))
+    assert await rejection_code(store, session_check(top - WINDOW)) == "replay.sequence_too_old"
+
+
+async def test_window_of_non_power_of_two(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock(), window=100)
+    top = MAX_SAFE_INTEGER - 3
+    await store.check(session_check(top))
+    for seq in (top - 1, top - 99, top - 50):
+        await store.check(session_check(seq))
+    assert await rejection_code(store, session_check(top - 100)) == "replay.sequence_too_old"
+    assert await rejection_code(store, session_check(top - 50, nonce="nonce-again-000000004")) == (
+        "replay.sequence_reused"
+    )
+
+
+# --- sessions -------------------------------------------------------------
+
+
+async def test_unknown_session_rejected(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    code = await rejection_code(store, session_check(1, create=False))
+    assert code == "session.unknown"
+    # Nothing was recorded: the nonce is still usable.
+    await store.check(session_check(1, create=True))
+
+
+async def test_session_namespaced_per_identity(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(session_check(1, identity="alice"))
+    code = await rejection_code(store, session_check(2, identity="bob", create=False))
+    assert code == "session.unknown"
+
+
+async def test_sessions_are_independent(make_store: StoreFactory) -> None:
+    store = make_store(clock=FakeClock())
+    await store.check(session_check(1, session="A" * 22))
+    await store.check(session_check(1, session="B" * 22, nonce="nonce-other-session-1"))
+
+
+# --- concurrency and failures ----------------------------------------------
+
+
+def shared_stores(make_store: StoreFactory, count: int) -> list[ReplayStore]:
+    """Return store objects sharing one state: several workers on Redis, one object in memory."""
+    if make_store.backend == "memory":  # type: ignore[attr-defined]
+        return [make_store(clock=FakeClock())]
+    return [make_store(clock=FakeClock()) for _ in range(count)]
+
+
+async def test_concurrent_same_nonce_accepted_once(make_store: StoreFactory) -> None:
+    stores = shared_stores(make_store, 5)
+    checks = [stores[index % len(stores)].check(check()) for index in range(50)]
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    accepted = [result for result in results if not isinstance(result, BaseException)]
+    rejected = [result for result in results if isinstance(result, ReplayRejected)]
+    assert len(accepted) == 1
+    assert len(rejected) == 49
+    assert {result.code for result in rejected} == {"replay.nonce_reused"}
+
+
+async def test_concurrent_same_sequence_accepted_once(make_store: StoreFactory) -> None:
+    stores = shared_stores(make_store, 3)
+    await stores[0].check(session_check(1))
+    checks = [stores[index % len(stores)].check(session_check(2, nonce=f"nonce-race-{index:010d}")) for index in range(30)]
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    accepted = [result for result in results if not isinstance(result, BaseException)]
+    assert len(accepted) == 1
+    assert {result.code for result in results if isinstance(result, ReplayRejected)} == {"replay.sequence_reused"}
+
+
+async def test_redis_unreachable_fails_closed() -> None:
+    store = RedisReplayStore(
+        f"redis://127.0.0.1:{free_port()}/0", max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, timeout_ms=200
+    )
+    started = time.monotonic()
+    with pytest.raises(ReplayStoreUnavailable) as caught:
+        await store.check(check(ts=int(time.time() * 1000)))
+    assert time.monotonic() - started < 2
+    assert caught.value.code == "unavailable"
+    assert caught.value.status == 503
+    await store.close()
+
+
+async def test_redis_check_is_one_round_trip(redis_url: str) -> None:
+    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000)
+    admin = redis.Redis.from_url(redis_url)
+    await store.check(check(ts=int(time.time() * 1000), nonce="nonce-warm-up-000001"))
+    admin.config_resetstat()
+    before = store.round_trips
+    for index in range(20):
+        await store.check(session_check(index + 1, nonce=f"nonce-rt-{index:012d}", ts=int(time.time() * 1000)))
+    stats = admin.info("commandstats")
+    assert store.round_trips - before == 20
+    assert stats["cmdstat_evalsha"]["calls"] == 20
+    client_commands = {name for name in stats if name.startswith("cmdstat_") and "|" not in name}
+    # The only other entries are commands the script ran, and admin's own INFO/CONFIG.
+    assert client_commands <= {
+        "cmdstat_evalsha", "cmdstat_time", "cmdstat_exists", "cmdstat_hget", "cmdstat_getbit",
+        "cmdstat_set", "cmdstat_setbit", "cmdstat_hset", "cmdstat_pexpire", "cmdstat_del", "cmdstat_info",
+        "cmdstat_config",
+    }
+    await store.close()
+    admin.close()
+
+
+async def test_redis_script_reloaded_after_flush(redis_url: str) -> None:
+    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000)
+    await store.check(check(ts=int(time.time() * 1000), nonce="nonce-before-flush-01"))
+    redis.Redis.from_url(redis_url).script_flush()
+    await store.check(check(ts=int(time.time() * 1000), nonce="nonce-after-flush-001"))
+    with pytest.raises(ReplayRejected):
+        await store.check(check(ts=int(time.time() * 1000), nonce="nonce-after-flush-001"))
+    await store.close()
