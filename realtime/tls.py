@@ -46,7 +46,12 @@ class _ClientCertificateOptions(ssl.CertificateOptions):
 
     def getContext(self) -> SSL.Context:
         context = super().getContext()
-        context.set_client_ca_list(self._client_ca_names)
+        # CertificateOptions builds one context and returns it for every
+        # connection. Setting the list again on each call breaks later
+        # handshakes, so it is set on the first call only.
+        if self._client_ca_names:
+            context.set_client_ca_list(self._client_ca_names)
+            self._client_ca_names = []
         return context
 
 

@@ -1,0 +1,62 @@
+"""Helpers for end-to-end tests against a running ``serve`` process."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from realtime.client import client_ssl_context
+
+from .databases import query
+from .servers import ServeProcess
+
+
+@dataclass
+class Deployment:
+    """A serve process, its database and the PKI its clients use."""
+
+    server: ServeProcess
+    database_url: str
+    pki_dir: Path
+
+    def ssl_context(self, name: str | None) -> ssl.SSLContext:
+        if name is None:
+            return client_ssl_context(self.pki_dir / "ca.pem")
+        return client_ssl_context(self.pki_dir / "ca.pem", self.pki_dir / f"{name}.pem", self.pki_dir / f"{name}.key")
+
+    def connect(self, name: str | None, **kwargs: Any) -> Any:
+        """Open a WebSocket as client ``name`` (None: no certificate)."""
+        kwargs.setdefault("open_timeout", 10)
+        kwargs.setdefault("max_size", 2**20)
+        return websockets.connect(self.server.ws_url, ssl=self.ssl_context(name), **kwargs)
+
+    def balance(self, account_id: str) -> Decimal:
+        rows = query(self.database_url, "SELECT balance FROM transfers_account WHERE id = %s", (account_id,))
+        return Decimal(str(rows[0][0]))
+
+    def count(self, table: str, where: str = "1=1", params: tuple[Any, ...] = ()) -> int:
+        return int(query(self.database_url, f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])
+
+    def ledger_sum(self) -> Decimal:
+        rows = query(self.database_url, "SELECT COALESCE(SUM(amount), 0) FROM transfers_ledgerentry")
+        return Decimal(str(rows[0][0]))
+
+
+async def recv_json(connection: Any, timeout: float = 10) -> dict[str, Any]:
+    import asyncio
+
+    return json.loads(await asyncio.wait_for(connection.recv(), timeout))
+
+
+async def open_session(connection: Any) -> dict[str, Any]:
+    """Read the welcome frame a fresh connection starts with."""
+    welcome = await recv_json(connection)
+    if welcome.get("type") != "welcome":
+        raise AssertionError(f"expected a welcome frame, got {welcome!r}")
+    return welcome
