@@ -1,7 +1,7 @@
 """A minimal Python client for protocol v1, used by the demo, the tests and the benchmarks.
 
-It builds frames and TLS contexts; it holds no state of its own beyond the
-sequence counter, so callers can also build deliberately wrong frames.
+It builds frames and TLS contexts. Its only state is the sequence counter,
+so callers can also build deliberately wrong frames.
 """
 
 from __future__ import annotations

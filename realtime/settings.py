@@ -86,8 +86,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     if DATABASES["default"]["NAME"] not in ("", ":memory:"):
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    # A second connection to the same file sees the same data, which the
-    # end-to-end tests rely on when they read the server's database.
+    # The end-to-end tests read the server's database through a second
+    # connection to the same file.
     DATABASES["default"].setdefault("TEST", {})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -142,6 +142,9 @@ REPLAY_STORE = os.environ.get("REPLAY_STORE", "").strip() or None
 # Largest WebSocket frame or message in bytes; a larger one closes the
 # connection with code 1009 before it is buffered.
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+# Origins allowed to open WebSockets. Browsers send client certificates on
+# their own, so any handshake with an Origin header not listed is refused.
+WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS")
 # Largest HTTP request body the API reads, in bytes.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("HTTP_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
 
@@ -149,7 +152,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("HTTP_MAX_BODY_BYTES", 64 * 1024, minimum=
 
 # Seconds an Idempotency-Key and its stored response are kept.
 IDEMPOTENCY_KEY_TTL_S = env_int("IDEMPOTENCY_KEY_TTL_S", 86_400, minimum=60)
-# Seconds a request holds its key while it executes. A worker that dies
+# Seconds an executing request keeps its key locked. A worker that dies
 # mid-request leaves the key locked for this long, then a retry takes it over.
 IDEMPOTENCY_LEASE_S = env_int("IDEMPOTENCY_LEASE_S", 30, minimum=1, maximum=3600)
 

@@ -2,7 +2,7 @@
 
 ``mtls:port=8443:interface=127.0.0.1:certKey=server.pem:privateKey=server.key:caCerts=ca.pem``
 listens with TLS 1.2 or newer and *requires* a client certificate that
-chains to one of the CAs in ``caCerts``; a client without one fails the
+chains to one of the CAs in ``caCerts``. A client without one fails the
 handshake. The plugin module in ``twisted/plugins/`` registers the parser,
 because Twisted discovers endpoint types only through that package.
 """
@@ -36,8 +36,8 @@ def _load_pem_certificates(path: str) -> list[x509.Certificate]:
 class _ClientCertificateOptions(ssl.CertificateOptions):
     """CertificateOptions that also advertises the client CAs in the handshake.
 
-    The list of acceptable CA names lets a client that holds several
-    certificates pick the right one.
+    The list of acceptable CA names lets a client with several certificates
+    pick the right one.
     """
 
     def __init__(self, *args: Any, client_ca_names: list[crypto.X509Name], **kwargs: Any) -> None:

@@ -193,7 +193,7 @@ async def test_sequence_out_of_order_within_window(make_store: StoreFactory) -> 
 async def test_sequence_window_edges(make_store: StoreFactory) -> None:
     store = make_store(clock=FakeClock())
     await store.check(session_check(20))
-    # The window holds 20 - WINDOW + 1 = 13 .. 20.
+    # The window is 20 - WINDOW + 1 = 13 .. 20.
     await store.check(session_check(13))
     with pytest.raises(ReplayRejected) as caught:
         await store.check(session_check(12))

@@ -2,7 +2,7 @@
 
 ``DATABASE_URL`` chooses the engine. With a ``postgres://`` URL every
 database is created on that server under a random name and dropped at the
-end of the run; the URL's own database is never touched.
+end of the run. The URL's own database is never touched.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import websockets
 
 from realtime.client import client_ssl_context
@@ -36,6 +37,15 @@ class Deployment:
         kwargs.setdefault("max_size", 2**20)
         return websockets.connect(self.server.ws_url, ssl=self.ssl_context(name), **kwargs)
 
+    def http(self, name: str | None, **kwargs: Any) -> httpx.Client:
+        """Return an HTTPS client presenting client ``name``'s certificate."""
+        kwargs.setdefault("timeout", 20)
+        return httpx.Client(base_url=self.server.base_url, verify=self.ssl_context(name), **kwargs)
+
+    def async_http(self, name: str | None, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 20)
+        return httpx.AsyncClient(base_url=self.server.base_url, verify=self.ssl_context(name), **kwargs)
+
     def balance(self, account_id: str) -> Decimal:
         rows = query(self.database_url, "SELECT balance FROM transfers_account WHERE id = %s", (account_id,))
         return Decimal(str(rows[0][0]))
@@ -44,8 +54,9 @@ class Deployment:
         return int(query(self.database_url, f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])
 
     def ledger_sum(self) -> Decimal:
-        rows = query(self.database_url, "SELECT COALESCE(SUM(amount), 0) FROM transfers_ledgerentry")
-        return Decimal(str(rows[0][0]))
+        # SQLite's SUM() of decimals is a float, so the entries are added up here, exactly.
+        rows = query(self.database_url, "SELECT amount FROM transfers_ledgerentry")
+        return sum((Decimal(str(amount)) for (amount,) in rows), Decimal(0))
 
 
 async def recv_json(connection: Any, timeout: float = 10) -> dict[str, Any]:
@@ -60,3 +71,18 @@ async def open_session(connection: Any) -> dict[str, Any]:
     if welcome.get("type") != "welcome":
         raise AssertionError(f"expected a welcome frame, got {welcome!r}")
     return welcome
+
+
+def transfer_headers(key: str | None, *, nonce: str | None = None, ts: int | None = None, **extra: str) -> dict[str, str]:
+    """Headers of a POST /api/v1/transfers/ request with a fresh nonce and the current time."""
+    from realtime.client import new_nonce, now_ms
+
+    headers = {
+        "Content-Type": "application/json",
+        "X-Request-Timestamp": str(now_ms() if ts is None else ts),
+        "X-Request-Nonce": nonce or new_nonce(),
+    }
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    headers.update(extra)
+    return headers

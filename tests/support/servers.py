@@ -103,7 +103,7 @@ class RedisServer:
             self.process = None
 
     def pause(self) -> None:
-        """Freeze the process (SIGSTOP): connections stay open but nothing answers."""
+        """Freeze the process (SIGSTOP): connections stay open but no reply comes."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
 
