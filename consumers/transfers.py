@@ -38,12 +38,14 @@ logger = logging.getLogger(__name__)
 CLOSE_NORMAL = 1000
 CLOSE_CLIENT_DEACTIVATED = 4001
 CLOSE_CERTIFICATE_EXPIRED = 4002
+CLOSE_SESSION_LOST = 4008
 CLOSE_INTERNAL_ERROR = 4500
 CLOSE_CODES = {
     CLOSE_NORMAL: "normal closure",
     1009: "frame or message larger than the configured maximum (sent by the WebSocket layer)",
     CLOSE_CLIENT_DEACTIVATED: "client deactivated",
     CLOSE_CERTIFICATE_EXPIRED: "client certificate expired",
+    CLOSE_SESSION_LOST: "the replay store no longer holds this connection's session; reconnect",
     CLOSE_INTERNAL_ERROR: "unexpected server error",
 }
 
@@ -87,7 +89,7 @@ class TransferConsumer(AsyncWebsocketConsumer):
         self.frames_received = 0
         self._expiry_timer: asyncio.TimerHandle | None = None
 
-        await self.channel_layer.group_add(client_group(identity.client_id), self.channel_name)
+        await self._join_revocation_group()
         await self.accept()
         self._schedule_certificate_expiry()
         store = get_replay_store()
@@ -108,13 +110,17 @@ class TransferConsumer(AsyncWebsocketConsumer):
         if getattr(self, "_expiry_timer", None) is not None:
             self._expiry_timer.cancel()
         if hasattr(self, "identity"):
-            await self.channel_layer.group_discard(client_group(self.identity.client_id), self.channel_name)
+            try:
+                await self.channel_layer.group_discard(client_group(self.identity.client_id), self.channel_name)
+            except Exception as exc:  # channel-layer backends raise their own error types
+                logger.warning("could not leave revocation group (client=%s): %s", self.identity.name, exc)
             logger.info("disconnected client=%s session=%s code=%s", self.identity.name, self.session[:8], code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Handle one frame: reply with a result or a typed rejection, never both."""
         self.frames_received += 1
         seq: int | None = None
+        kind: Any = None
         try:
             if text_data is None:
                 raise InvalidMessage("binary frames are not accepted; send JSON text frames")
@@ -132,6 +138,11 @@ class TransferConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_CLIENT_DEACTIVATED)
         except Rejection as exc:
             await self._reject(seq, exc)
+            if exc.code == "session.unknown" and self.session_started and kind == "transfer":
+                # The store lost this connection's own session (it expired,
+                # or Redis restarted without its data). Every later command
+                # would fail the same way, so the client must reconnect.
+                await self.close(code=CLOSE_SESSION_LOST)
         except Exception:
             logger.exception(
                 "unexpected error; closing connection (client=%s session=%s seq=%s)",
@@ -145,6 +156,19 @@ class TransferConsumer(AsyncWebsocketConsumer):
         """Run when ``deactivate_client`` announces this client's revocation on the channel layer."""
         logger.info("closing connection of deactivated client=%s session=%s", self.identity.name, self.session[:8])
         await self.close(code=CLOSE_CLIENT_DEACTIVATED)
+
+    async def _join_revocation_group(self) -> None:
+        try:
+            await self.channel_layer.group_add(client_group(self.identity.client_id), self.channel_name)
+        except Exception as exc:  # channel-layer backends raise their own error types
+            # The socket is still safe to serve: every command checks the
+            # client's state in its transaction, so a revocation is enforced
+            # at the next command instead of at once.
+            logger.warning(
+                "could not join revocation group; revocation applies at the next command (client=%s): %s",
+                self.identity.name,
+                exc,
+            )
 
     # --- commands -------------------------------------------------------
 

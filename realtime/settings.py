@@ -111,7 +111,7 @@ if REDIS_CLUSTER and not REDIS_URL:
 if CHANNEL_LAYER_REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "realtime.channel_layer.ResilientRedisChannelLayer",
             "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "prefix": "realtime:layer"},
         }
     }

@@ -99,7 +99,8 @@ class Command(BaseCommand):
         ]
         if options["access_log"]:
             argv += ["--access-log", options["access_log"]]
-        argv.append(settings.ASGI_APPLICATION.replace(".application", ":application"))
+        module, _, attribute = settings.ASGI_APPLICATION.rpartition(".")
+        argv.append(f"{module}:{attribute}")
         # Twisted chmods the unix socket to 660 after bind(); the umask
         # closes the moment in between, when it would have default modes.
         os.umask(0o007)
