@@ -16,6 +16,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.http import http_date
 from django.views.decorators.http import require_GET, require_POST
@@ -26,7 +27,7 @@ from realtime.problems import problem_response
 from realtime.protocol import parse_idempotency_key, parse_json_object, parse_nonce, parse_seq, parse_timestamp
 from realtime.replay import ReplayCheck, get_replay_store, parse_session_token
 
-from .exceptions import IdempotencyInProgress
+from .exceptions import DatabaseUnavailable, IdempotencyInProgress
 from .models import Account, Transfer
 from .service import TransferOutcome, execute_transfer, render_transfer
 from .validation import parse_transfer
@@ -179,6 +180,11 @@ def _not_found(what: str) -> HttpResponse:
     return problem_response(Rejection(f"{what} not found", code="not_found", status=404))
 
 
+def _database_unavailable(exc: Exception) -> HttpResponse:
+    logger.error("database unavailable during a read: %s", exc)
+    return problem_response(DatabaseUnavailable("database is unavailable"), Retry_After="1")
+
+
 @require_GET
 async def get_transfer(request: HttpRequest, transfer_id: str) -> HttpResponse:
     """Return one of the client's own transfers; any other id is 404."""
@@ -187,7 +193,10 @@ async def get_transfer(request: HttpRequest, transfer_id: str) -> HttpResponse:
         parsed = uuid.UUID(transfer_id)
     except ValueError:
         return _not_found("transfer")
-    body = await _load_transfer(identity.client_id, parsed)
+    try:
+        body = await _load_transfer(identity.client_id, parsed)
+    except (OperationalError, InterfaceError) as exc:
+        return _database_unavailable(exc)
     if body is None:
         return _not_found("transfer")
     return HttpResponse(body.encode(), content_type="application/json")
@@ -197,7 +206,10 @@ async def get_transfer(request: HttpRequest, transfer_id: str) -> HttpResponse:
 async def get_account(request: HttpRequest, account_id: str) -> HttpResponse:
     """Return one of the client's own accounts with its balance; any other id is 404."""
     identity = _identity(request)
-    document = await _load_account(identity.client_id, account_id[:64])
+    try:
+        document = await _load_account(identity.client_id, account_id[:64])
+    except (OperationalError, InterfaceError) as exc:
+        return _database_unavailable(exc)
     if document is None:
         return _not_found("account")
     return HttpResponse(json.dumps(document, separators=(",", ":")).encode(), content_type="application/json")
