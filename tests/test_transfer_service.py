@@ -8,11 +8,14 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db.models import Sum
 from django.utils import timezone
 
 from realtime.exceptions import IdentityRejected, InvalidMessage
 from realtime.models import Client
+from transfers.audit import audit_ledger
 from transfers.exceptions import IdempotencyInProgress, IdempotencyKeyMismatch
 from transfers.models import Account, IdempotencyRecord, LedgerEntry, Transfer
 from transfers.service import execute_transfer
@@ -141,3 +144,21 @@ def test_fingerprint_normalises() -> None:
     three = parse_transfer({"to_account": "B", "from_account": "A", "currency": "USD", "amount": "1.51"})
     assert one.fingerprint() == two.fingerprint()
     assert one.fingerprint() != three.fingerprint()
+
+
+def test_audit_ledger_passes_then_detects_tampering(accounts: dict[str, Account]) -> None:
+    for index in range(3):
+        execute_transfer(client_id=client_id(), key=f"audit-{index}", request=request("5.00"), channel="http")
+    audit = audit_ledger()
+    assert audit.ok, audit.problems
+    assert (audit.transfers, audit.entries) == (3, 6)
+    call_command("audit_ledger")
+
+    Account.objects.filter(pk="S-2").update(balance=Decimal("1000.00"))
+    LedgerEntry.objects.filter(amount__gt=0).first().delete()
+    tampered = audit_ledger()
+    assert not tampered.ok
+    assert any("S-2" in problem for problem in tampered.problems)
+    assert any("has entries" in problem for problem in tampered.problems)
+    with pytest.raises(CommandError, match="ledger audit failed"):
+        call_command("audit_ledger")
