@@ -302,7 +302,7 @@ async def test_forged_headers_overwritten_on_http(site: Site) -> None:
         own = await client.get("/api/v1/accounts/A-1/", headers=forged_headers(site))
         victims = await client.get("/api/v1/accounts/B-1/", headers=forged_headers(site))
     # 200 also shows that Daphne-Root-Path did not arrive: with a root path
-    # of /api, Django would route /v1/accounts/A-1/ and answer 404.
+    # of /api, Django would route /v1/accounts/A-1/ and return 404.
     assert own.status_code == 200
     assert own.json()["id"] == "A-1"
     assert victims.status_code == 404
@@ -433,7 +433,7 @@ async def test_expiring_certificate_closes_socket(site: Site) -> None:
 
     assert close_code == 4002
     assert not_after.timestamp() - 0.5 <= when <= not_after.timestamp() + 2.0
-    # Past notAfter, nginx refuses the certificate before the app sees it.
+    # Past notAfter, nginx rejects the certificate before the request reaches a worker.
     async with site.http("grace") as client:
         response = await client.get("/api/v1/accounts/A-1/")
     assert response.status_code == 403
