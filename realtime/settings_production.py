@@ -58,3 +58,11 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS")
 
 # Set but empty means off; unset means the nginx headers of deploy/nginx.
 MTLS_PROXY_HEADERS = os.environ.get("MTLS_PROXY_HEADERS", "nginx").strip().lower() or None
+
+# Django's deployment checks that do not apply to this service. W002 and
+# W003: the API returns JSON, never HTML, and clients authenticate with
+# certificates, not cookies, so framing and CSRF protection have nothing to
+# protect (the CSRF middleware would reject API POSTs). W004 and W008:
+# nginx listens with TLS only, so there is no plain HTTP to redirect or
+# upgrade, and trading clients are not browsers.
+SILENCED_SYSTEM_CHECKS = ["security.W002", "security.W003", "security.W004", "security.W008"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -77,3 +78,14 @@ def test_production_rejects_short_secret_key() -> None:
     assert result.returncode != 0
     assert "at least 50 characters" in result.stderr
     assert "changeme" not in result.stderr
+
+
+def test_deploy_check_lists_only_realtime_warning(redis_url: str, tmp_path) -> None:
+    env = production_env(REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    reported = sorted(set(re.findall(r"\(([a-z_]+\.[A-Z]\d{3})\)", result.stderr)))
+    # W001: the unix socket is the trusted path and MTLS_TRUSTED_PROXIES is empty.
+    assert reported == ["realtime.W001"]
