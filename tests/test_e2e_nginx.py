@@ -10,6 +10,7 @@ session's run-time CA.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import re
@@ -278,8 +279,6 @@ def forged_headers(site: Site, victim: str = "bob") -> list[tuple[str, str]]:
     """Every identity header a client could send to pass as ``victim``."""
     victim_pem = site.pki.cert(victim)
     der = x509.load_pem_x509_certificate(victim_pem.read_bytes()).public_bytes(serialization.Encoding.DER)
-    import base64
-
     return [
         ("X-SSL-Client-Verify", "SUCCESS"),
         ("X-SSL-Client-Cert", escaped_pem(victim_pem)),

@@ -1,4 +1,4 @@
-"""Real servers for tests: redis-server, the project's ``serve`` command, nginx.
+"""Real servers for tests: redis-server and the project's ``serve`` command.
 
 Each binds to loopback or a unix socket under the test's temporary
 directory, on a free port, and is stopped by the fixture that started it.
