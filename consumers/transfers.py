@@ -21,6 +21,7 @@ from django.conf import settings
 
 from realtime.exceptions import IdentityRejected, InvalidMessage, Rejection
 from realtime.identity import ClientIdentity
+from realtime.models import Client
 from realtime.protocol import parse_idempotency_key, parse_json_object, parse_nonce, parse_seq, parse_timestamp
 from realtime.replay import ReplayCheck, get_replay_store, new_session_token, parse_session_token
 from transfers.exceptions import IdempotencyInProgress
@@ -88,8 +89,15 @@ class TransferConsumer(AsyncWebsocketConsumer):
         self.session_started = False
         self.frames_received = 0
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
 
         await self._join_revocation_group()
+        # A deactivation that committed after the middleware's identity check
+        # announced itself before this socket joined the group, so the client
+        # is looked up again now that revocations reach it.
+        if not await _client_is_active(identity.client_id):
+            logger.info("handshake rejected: client %s deactivated during the handshake", identity.name)
+            raise DenyConnection
         await self.accept()
         self._schedule_certificate_expiry()
         store = get_replay_store()
@@ -260,12 +268,21 @@ class TransferConsumer(AsyncWebsocketConsumer):
         remaining = (self.identity.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
         if remaining > _MAX_TIMER_S:
             return
-        loop = asyncio.get_running_loop()
-        self._expiry_timer = loop.call_later(max(0.0, remaining), lambda: loop.create_task(self._close_expired()))
+        self._expiry_timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._on_certificate_expired)
+
+    def _on_certificate_expired(self) -> None:
+        # The loop keeps only a weak reference to a task, so the consumer
+        # holds this one until it has run.
+        self._expiry_task = asyncio.get_running_loop().create_task(self._close_expired())
 
     async def _close_expired(self) -> None:
         logger.info("closing connection: certificate expired (client=%s session=%s)", self.identity.name, self.session[:8])
         await self.close(code=CLOSE_CERTIFICATE_EXPIRED)
+
+
+@database_sync_to_async
+def _client_is_active(client_id: int) -> bool:
+    return Client.objects.filter(pk=client_id, is_active=True).exists()
 
 
 def _readable_seq(frame: dict[str, Any]) -> int | None:

@@ -65,6 +65,35 @@ def check_redis_eviction(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return []
 
 
+@register("security")
+def check_channel_layer_eviction(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    url = getattr(settings, "CHANNEL_LAYER_REDIS_URL", None)
+    # The replay store's server is checked by check_redis_eviction.
+    if not url or url == settings.REDIS_URL:
+        return []
+    from .redis_admin import RedisAdminError, eviction_policies
+    from .replay.redis import EVICTION_SAFE_POLICIES
+
+    try:
+        policies = eviction_policies(url)
+    except RedisAdminError as exc:
+        return [Warning(str(exc), hint="The channel layer's eviction policy could not be verified.", id="realtime.W005")]
+    unsafe = {node: policy for node, policy in policies.items() if policy not in EVICTION_SAFE_POLICIES}
+    if not unsafe:
+        return []
+    listed = ", ".join(f"{node} has {policy}" for node, policy in sorted(unsafe.items()))
+    return [
+        Warning(
+            f"The channel layer's Redis may evict keys ({listed}).",
+            hint=(
+                "An evicted group membership keeps deactivate_client from closing that socket at once, "
+                "so it is rejected only at its next command. Set 'maxmemory-policy noeviction'."
+            ),
+            id="realtime.W004",
+        )
+    ]
+
+
 @register("compatibility")
 def check_http2_absent(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if importlib.util.find_spec("h2") is None:

@@ -145,3 +145,21 @@ class Authority:
     ) -> IssuedCertificate:
         """Issue a client certificate (EKU clientAuth) with ``name`` as its common name."""
         return self._issue(name, ExtendedKeyUsageOID.CLIENT_AUTH, not_before=not_before, not_after=not_after)
+
+    def issue_crl(self, revoked: list[x509.Certificate], *, valid_for: dt.timedelta = dt.timedelta(days=1)) -> x509.CertificateRevocationList:
+        """Issue a CRL that revokes ``revoked``, with nextUpdate ``valid_for`` from now."""
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + valid_for)
+        )
+        for certificate in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(certificate.serial_number)
+                .revocation_date(now - dt.timedelta(minutes=1))
+                .build()
+            )
+        return builder.sign(self.private_key, hashes.SHA256())

@@ -12,7 +12,11 @@ sees the scope:
 - ``scope["server"] = [path, None]`` for connections over a unix socket, as
   the ASGI spec describes, so identity can tell the proxy's socket apart.
 
-It also makes autobahn answer an oversized frame with a close frame (1009)
+It also resets ``scope["root_path"]`` to the server's own root path: daphne
+takes it from any request's ``Daphne-Root-Path`` header, which a client
+could otherwise send to change how Django routes its request.
+
+Finally, it makes autobahn answer an oversized frame with a close frame (1009)
 that the client can read, instead of dropping the TCP connection.
 """
 
@@ -79,6 +83,7 @@ class MutualTLSServer(Server):
         transport = getattr(protocol, "transport", None)
         if transport is None and getattr(protocol, "channel", None) is not None:
             transport = protocol.channel.transport
+        scope["root_path"] = self.root_path
         extension = tls_extension(transport)
         if extension is not None:
             scope["extensions"] = {**scope.get("extensions", {}), "tls": extension}

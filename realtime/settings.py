@@ -74,7 +74,7 @@ WSGI_APPLICATION = None
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}",
+        os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}",
         conn_max_age=0,
     )
 }
@@ -112,7 +112,14 @@ if CHANNEL_LAYER_REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "realtime.channel_layer.ResilientRedisChannelLayer",
-            "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "prefix": "realtime:layer"},
+            "CONFIG": {
+                # Each consumer waits for messages with BZPOPMIN blocking 5 s
+                # (channels-redis 4.3). redis-py 8 reads with a 5 s socket
+                # timeout by default, which fires as the empty reply arrives
+                # and kills every idle consumer, so reads get 15 s here.
+                "hosts": [{"address": CHANNEL_LAYER_REDIS_URL, "socket_timeout": 15}],
+                "prefix": "realtime:layer",
+            },
         }
     }
 else:

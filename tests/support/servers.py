@@ -1,4 +1,4 @@
-"""Real servers for tests: redis-server, the project's ``serve`` command, nginx.
+"""Real servers for tests: redis-server and the project's ``serve`` command.
 
 Each binds to loopback or a unix socket under the test's temporary
 directory, on a free port, and is stopped by the fixture that started it.
@@ -151,11 +151,13 @@ class ServeProcess:
         tls: bool = True,
         unix_socket: Path | None = None,
         name: str = "serve",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.env = env
         self.pki_dir = pki_dir
         self.tls = tls
         self.unix_socket = unix_socket
+        self.extra_args = extra_args
         self.log_path = log_dir / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
@@ -180,6 +182,7 @@ class ServeProcess:
             ]
         if self.unix_socket is not None:
             args += ["--unix-socket", str(self.unix_socket)]
+        args += self.extra_args
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             args, cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, text=True
