@@ -1,9 +1,21 @@
 """WebSocket URL routes."""
 
-from django.urls import path
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.urls import path, re_path
 
 from .transfers import TransferConsumer
 
+
+class UnknownPathConsumer(AsyncWebsocketConsumer):
+    """Refuses handshakes to paths without a consumer; daphne answers them with 403."""
+
+    async def connect(self) -> None:
+        await self.close()
+
+
 websocket_urlpatterns = [
     path("ws/v1/transfers/", TransferConsumer.as_asgi()),
+    # Without a catch-all, channels' URLRouter raises ValueError and daphne
+    # answers 500 with a traceback in the log.
+    re_path(r"", UnknownPathConsumer.as_asgi()),
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .exceptions import CertificateInvalid
 
@@ -57,11 +58,32 @@ def der_from_pem(pem: str | bytes) -> bytes:
     return certificate.public_bytes(Encoding.DER)
 
 
+def _check_client_usage(certificate: x509.Certificate) -> None:
+    """Raise CertificateInvalid for a CA certificate or one not meant for client authentication.
+
+    A CA or server certificate signed by the client CA would otherwise work
+    as a client identity once registered by mistake.
+    """
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise CertificateInvalid("certificate is a CA certificate, not a client certificate")
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+        raise CertificateInvalid("certificate's extended key usage does not include clientAuth")
+
+
 def inspect_certificate(der: bytes, *, now: dt.datetime | None = None) -> CertificateFacts:
     """Parse a DER certificate and check that ``now`` lies within its validity dates.
 
-    Raises CertificateInvalid for an unparsable certificate and for one that
-    is expired or not yet valid. Chain and signature checks are the TLS
+    Raises CertificateInvalid for an unparsable certificate, a CA
+    certificate, one whose extended key usage excludes clientAuth, and one
+    that is expired or not yet valid. Chain and signature checks are the TLS
     terminator's job: daphne's or nginx's handshake has done them already.
     """
     try:
@@ -69,6 +91,7 @@ def inspect_certificate(der: bytes, *, now: dt.datetime | None = None) -> Certif
         not_before = certificate.not_valid_before_utc
         not_after = certificate.not_valid_after_utc
         subject = certificate.subject.rfc4514_string()
+        _check_client_usage(certificate)
     except ValueError as exc:
         raise CertificateInvalid(f"certificate does not parse: {exc}") from exc
 

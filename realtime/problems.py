@@ -10,7 +10,7 @@ from django.http import HttpResponse
 
 from .exceptions import Rejection
 
-__all__ = ["PROBLEM_CONTENT_TYPE", "problem_body", "problem_response"]
+__all__ = ["PROBLEM_CONTENT_TYPE", "MethodNotAllowedProblemMiddleware", "problem_body", "problem_response"]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -37,3 +37,25 @@ def problem_response(rejection: Rejection, **headers: str) -> HttpResponse:
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
     return response
+
+
+class MethodNotAllowedProblemMiddleware:
+    """Turn Django's empty 405 responses into problem details that keep the Allow header.
+
+    Works for sync and async views alike: Django adapts a sync middleware, and
+    the conversion only touches the finished response.
+    """
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code != 405 or response.get("Content-Type", "").startswith(PROBLEM_CONTENT_TYPE):
+            return response
+        allowed = response.get("Allow", "")
+        problem = problem_response(
+            Rejection(f"method {request.method} is not allowed here; allowed: {allowed}", code="method_not_allowed", status=405)
+        )
+        problem["Allow"] = allowed
+        return problem

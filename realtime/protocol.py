@@ -30,7 +30,11 @@ __all__ = [
 MAX_SAFE_INTEGER = 2**53 - 1
 
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_PRINTABLE_ASCII_RE = re.compile(r"[\x20-\x7e]{1,255}")
+# Printable ASCII without '"' and '\\', and no space at either end: HTTP
+# strips spaces around header values and reads a value in quotes as a
+# structured-field string, so only keys of this form name the same key on
+# the WebSocket and in the Idempotency-Key header.
+_IDEMPOTENCY_KEY_RE = re.compile(r"(?=[^ ])[\x20\x21\x23-\x5b\x5d-\x7e]{1,255}(?<=[^ ])")
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -51,8 +55,15 @@ def parse_json_text(text: str | bytes) -> Any:
 
     Floats are kept as ``Decimal`` so that no field can be rounded on the way
     in. Integers with more than 4300 digits, nesting deeper than the
-    interpreter's recursion limit and invalid UTF-8 raise InvalidMessage too.
+    interpreter's recursion limit and anything but UTF-8 raise InvalidMessage
+    too. ``json.loads`` would also accept UTF-16 and UTF-32 bytes, so bytes are
+    decoded here first.
     """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidMessage("body is not valid UTF-8") from None
     try:
         return json.loads(
             text,
@@ -102,9 +113,13 @@ def parse_nonce(value: Any, field: str = "nonce") -> str:
 
 
 def parse_idempotency_key(value: Any, field: str = "idempotency_key") -> str:
-    """Return an idempotency key: 1 to 255 printable ASCII characters."""
-    if not isinstance(value, str) or not _PRINTABLE_ASCII_RE.fullmatch(value):
-        raise InvalidMessage(f"{field} must be 1-255 printable ASCII characters, got {_describe(value)}")
+    """Return an idempotency key: 1 to 255 printable ASCII characters other than '"' and '\\',
+    with no space at either end."""
+    if not isinstance(value, str) or not _IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise InvalidMessage(
+            f"{field} must be 1-255 printable ASCII characters other than '\"' and '\\', "
+            f"not starting or ending with a space; got {_describe(value)}"
+        )
     return value
 
 

@@ -66,7 +66,11 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "realtime.problems.MethodNotAllowedProblemMiddleware",
 ]
+# A redirect to the slashed URL would turn a client's POST into a GET and
+# lose the command; a missing slash gets a 404 problem instead.
+APPEND_SLASH = False
 
 ROOT_URLCONF = "realtime.urls"
 ASGI_APPLICATION = "realtime.asgi.application"

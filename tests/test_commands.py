@@ -51,8 +51,10 @@ def test_devpki_reuses_existing_ca(tmp_path: Path) -> None:
     out = tmp_path / "pki"
     run("devpki", "--out", str(out), "--client", "alice")
     first_ca = (out / "ca.pem").read_bytes()
+    first_server = (out / "server.pem").read_bytes(), (out / "server.key").read_bytes()
     run("devpki", "--out", str(out), "--client", "carol")
     assert (out / "ca.pem").read_bytes() == first_ca
+    assert ((out / "server.pem").read_bytes(), (out / "server.key").read_bytes()) == first_server
     carol = x509.load_pem_x509_certificate((out / "carol.pem").read_bytes())
     assert carol.issuer == x509.load_pem_x509_certificate(first_ca).subject
 
@@ -161,3 +163,10 @@ def test_pki_issues_expired_certificate_on_request() -> None:
     now = dt.datetime.now(dt.timezone.utc)
     issued = Authority().issue_client("old", not_before=now - dt.timedelta(days=2), not_after=now - dt.timedelta(days=1))
     assert issued.certificate.not_valid_after_utc < now
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("name", "message"), [("ca.pem", "CA certificate"), ("server.pem", "clientAuth")])
+def test_register_rejects_non_client_certificates(pki: Pki, name: str, message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        run("register_client", "alice", str(pki.directory / name))

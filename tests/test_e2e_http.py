@@ -244,8 +244,22 @@ def test_oversized_body(alice: httpx.Client) -> None:
     assert response.headers["content-type"] == PROBLEM
 
 
-def test_get_is_not_allowed_on_collection(alice: httpx.Client) -> None:
-    assert alice.get("/api/v1/transfers/").status_code == 405
+def test_wrong_method_gets_405_problem(alice: httpx.Client) -> None:
+    response = alice.get("/api/v1/transfers/")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["allow"] == "POST"
+    assert response.json()["code"] == "method_not_allowed"
+    assert alice.delete("/api/v1/accounts/HA-1/").status_code == 405
+
+
+def test_missing_trailing_slash_is_404_not_redirect(deployment: Deployment, alice: httpx.Client) -> None:
+    transfers = deployment.count("transfers_transfer")
+    missing = alice.post("/api/v1/transfers", content=json.dumps(body()), headers=transfer_headers("no-slash-1"))
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == PROBLEM
+    assert "location" not in missing.headers
+    assert deployment.count("transfers_transfer") == transfers
 
 
 # --- reads -------------------------------------------------------------------------

@@ -460,3 +460,13 @@ async def test_server_survives_abrupt_disconnects(deployment: Deployment) -> Non
     async with deployment.connect("alice") as connection:
         await open_session(connection)
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("path", ["/ws/v1/transfers", "/ws/v2/transfers/", "/"])
+async def test_unknown_path_gets_403(deployment: Deployment, path: str) -> None:
+    url = deployment.server.ws_url.replace("/ws/v1/transfers/", path)
+    with pytest.raises(InvalidStatus) as caught:
+        async with websockets.connect(url, ssl=deployment.ssl_context("alice"), open_timeout=10):
+            pass
+    assert caught.value.response.status_code == 403
+    assert "Traceback" not in deployment.server.log_text()

@@ -162,3 +162,23 @@ def test_audit_ledger_passes_then_detects_tampering(accounts: dict[str, Account]
     assert any("has entries" in problem for problem in tampered.problems)
     with pytest.raises(CommandError, match="ledger audit failed"):
         call_command("audit_ledger")
+
+
+def test_largest_amounts_stored_exactly(accounts: dict[str, Account]) -> None:
+    largest = "9999999999999.99"
+    Account.objects.filter(pk="S-1").update(balance=Decimal(largest), opening_balance=Decimal(largest))
+    execute_transfer(client_id=client_id(), key="big-1", request=request("0.01"), channel="http")
+    execute_transfer(client_id=client_id(), key="big-2", request=request("1234567890123.45"), channel="http")
+    assert Account.objects.get(pk="S-1").balance == Decimal("8765432109876.53")
+    assert Account.objects.get(pk="S-2").balance == Decimal("1234567890123.46")
+    assert audit_ledger().ok
+
+
+def test_credit_beyond_maximum_balance_refused(accounts: dict[str, Account]) -> None:
+    Account.objects.filter(pk="S-1").update(balance=Decimal("100.00"))
+    Account.objects.filter(pk="S-2").update(balance=Decimal("9999999999999.99"), opening_balance=Decimal("9999999999999.99"))
+    refused = execute_transfer(client_id=client_id(), key="limit-1", request=request("0.01"), channel="http")
+    assert refused.status == 422
+    assert refused.code == "transfer.balance_limit"
+    with pytest.raises(InvalidAmount):
+        parse_transfer({"from_account": "S-1", "to_account": "S-2", "amount": "10000000000000.00", "currency": "USD"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.core.validators import RegexValidator
 from django.db import models
@@ -12,10 +13,12 @@ from realtime.models import Client
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z"
 CURRENCY_PATTERN = r"^[A-Z]{3}\Z"
 
-# Amounts have at most 15 integer digits; balances get room above that for
-# sums of many transfers.
-AMOUNT_MAX_DIGITS = 17
-BALANCE_MAX_DIGITS = 24
+# Amounts and balances have at most 13 integer digits and 2 decimal places:
+# 15 significant digits, the most that SQLite's REAL storage returns exactly.
+# PostgreSQL would store more, but both databases must agree.
+AMOUNT_MAX_DIGITS = 15
+BALANCE_MAX_DIGITS = 15
+MAX_BALANCE = Decimal("9999999999999.99")
 DECIMAL_PLACES = 2
 
 
@@ -38,6 +41,7 @@ class Account(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=models.Q(balance__gte=0), name="account_balance_not_negative"),
+            models.CheckConstraint(condition=models.Q(balance__lte=MAX_BALANCE), name="account_balance_within_limit"),
         ]
 
     def __str__(self) -> str:

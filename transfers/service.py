@@ -43,7 +43,7 @@ from .exceptions import (
     IdempotencyKeyMismatch,
     TransferRefused,
 )
-from .models import Account, IdempotencyRecord, LedgerEntry, Transfer
+from .models import MAX_BALANCE, Account, IdempotencyRecord, LedgerEntry, Transfer
 from .validation import TransferRequest
 
 __all__ = ["TransferOutcome", "execute_transfer", "render_transfer"]
@@ -259,6 +259,10 @@ def _apply(
             )
     if source.balance < request.amount:
         raise TransferRefused(f"account {source.id!r} has insufficient funds", code="transfer.insufficient_funds")
+    if target.balance + request.amount > MAX_BALANCE:
+        raise TransferRefused(
+            f"account {target.id!r} would exceed the maximum balance of {MAX_BALANCE}", code="transfer.balance_limit"
+        )
 
     try:
         with transaction.atomic():

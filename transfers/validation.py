@@ -15,10 +15,12 @@ __all__ = ["InvalidAmount", "TransferRequest", "parse_transfer"]
 
 _ACCOUNT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
-# A plain decimal: no sign, no exponent, no leading zeros, at most 15
-# integer digits and 2 decimal places.
-_AMOUNT_RE = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,2})?")
-_REFERENCE_RE = re.compile(r"[^\x00-\x1f\x7f]{0,140}")
+# A plain decimal: no sign, no exponent, no leading zeros, at most 13
+# integer digits and 2 decimal places (see transfers.models.MAX_BALANCE).
+_AMOUNT_RE = re.compile(r"(0|[1-9][0-9]{0,12})(\.[0-9]{1,2})?")
+# No control characters (C0, DEL, C1) and no lone surrogates, which JSON's
+# \ud800 escapes can produce but UTF-8 cannot store.
+_REFERENCE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{0,140}")
 
 _REQUIRED = {"from_account", "to_account", "amount", "currency"}
 _ALLOWED = _REQUIRED | {"reference"}
@@ -67,7 +69,7 @@ def parse_amount(value: Any) -> Decimal:
         raise InvalidAmount("transfer.amount must be a decimal string such as \"12.50\", not a JSON number")
     if not _AMOUNT_RE.fullmatch(value):
         raise InvalidAmount(
-            "transfer.amount must be a plain decimal string with at most 15 integer digits and 2 decimal places"
+            "transfer.amount must be a plain decimal string with at most 13 integer digits and 2 decimal places"
         )
     amount = Decimal(value)
     if amount <= 0:

@@ -17,7 +17,8 @@ class Command(BaseCommand):
     help = (
         "Write DIR/ca.pem, DIR/server.pem and DIR/server.key (for localhost, 127.0.0.1 and ::1) and "
         "DIR/NAME.pem and DIR/NAME.key for each --client. Private keys get mode 600. An existing "
-        "DIR/ca.pem with DIR/ca.key is reused, so clients can be added later. For development only."
+        "DIR/ca.pem with DIR/ca.key is reused, and with it an existing server certificate and key, so "
+        "clients can be added later. For development only."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -44,16 +45,19 @@ class Command(BaseCommand):
             raise CommandError(f"--out {out} exists and is not a directory")
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-        authority = self._load_or_create_authority(out)
-        server = authority.issue_server()
-        server.write(out / "server.pem", out / "server.key")
-        self.stdout.write(f"wrote {out / 'server.pem'} and {out / 'server.key'}")
+        authority, reused = self._load_or_create_authority(out)
+        if reused and (out / "server.pem").exists() and (out / "server.key").exists():
+            # A running server may use these files; adding clients keeps them.
+            self.stdout.write(f"keeping {out / 'server.pem'} and {out / 'server.key'}")
+        else:
+            authority.issue_server().write(out / "server.pem", out / "server.key")
+            self.stdout.write(f"wrote {out / 'server.pem'} and {out / 'server.key'}")
         for name in names:
             issued = authority.issue_client(name)
             issued.write(out / f"{name}.pem", out / f"{name}.key")
             self.stdout.write(f"wrote {out / (name + '.pem')} and {out / (name + '.key')}")
 
-    def _load_or_create_authority(self, out: Path) -> Authority:
+    def _load_or_create_authority(self, out: Path) -> tuple[Authority, bool]:
         ca_pem, ca_key = out / "ca.pem", out / "ca.key"
         if ca_pem.exists() and ca_key.exists():
             authority = Authority.__new__(Authority)
@@ -63,7 +67,7 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"{ca_pem} or {ca_key} could not be read ({exc}); remove both to start over") from exc
             self.stdout.write(f"reusing the CA in {ca_pem}")
-            return authority
+            return authority, True
         authority = Authority()
         ca_pem.write_bytes(authority.certificate_pem)
         write_private_key(
@@ -73,4 +77,4 @@ class Command(BaseCommand):
             ),
         )
         self.stdout.write(f"wrote {ca_pem} and {ca_key}")
-        return authority
+        return authority, False
