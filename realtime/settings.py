@@ -153,6 +153,11 @@ REPLAY_STORE = os.environ.get("REPLAY_STORE", "").strip() or None
 # Largest WebSocket frame or message in bytes; a larger one closes the
 # connection with code 1009 before it is buffered.
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+# Seconds after which daphne closes a WebSocket (code 1000) however busy it
+# is; -1 keeps sockets open indefinitely.
+WS_MAX_LIFETIME_S = env_int("WS_MAX_LIFETIME_S", 86_400, minimum=-1)
+if 0 <= WS_MAX_LIFETIME_S < 60:
+    raise ImproperlyConfigured(f"WS_MAX_LIFETIME_S must be -1 or at least 60, got {WS_MAX_LIFETIME_S}")
 # Origins allowed to open WebSockets. Browsers send client certificates on
 # their own, so any handshake with an Origin header not listed is refused.
 WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS")

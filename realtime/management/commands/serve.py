@@ -93,6 +93,8 @@ class Command(BaseCommand):
             str(settings.WS_MAX_MESSAGE_BYTES),
             "--websocket-max-message-size",
             str(settings.WS_MAX_MESSAGE_BYTES),
+            "--websocket_timeout",
+            str(settings.WS_MAX_LIFETIME_S),
             "--websocket_connect_timeout",
             "10",
             "-v",
