@@ -99,8 +99,22 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
+            # A paused process would ignore SIGTERM until it is continued.
+            self.process.send_signal(signal.SIGCONT)
             _stop(self.process)
             self.process = None
+
+    def kill(self) -> None:
+        """Kill the process at once (SIGKILL), as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> RedisServer:
+        """Stop the server and start it again on the same port and directory."""
+        self.stop()
+        return self.start()
 
     def pause(self) -> None:
         """Freeze the process (SIGSTOP): connections stay open but nothing answers."""
@@ -111,14 +125,114 @@ class RedisServer:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
+    def info(self, section: str) -> dict:
+        with self.client() as client:
+            return client.info(section)
+
+
+class RedisReplicaPair:
+    """A primary redis-server and one replica of it, both on loopback."""
+
+    def __init__(self, directory: Path) -> None:
+        # No delay before the first sync: the default waits 5 s for more replicas.
+        self.primary = RedisServer(directory / "primary", extra_args=("--repl-diskless-sync-delay", "0"))
+        self.replica = RedisServer(
+            directory / "replica", extra_args=("--replicaof", "127.0.0.1", str(self.primary.port))
+        )
+
+    def start(self) -> RedisReplicaPair:
+        self.primary.start()
+        self.replica.start()
+        wait_for(self._linked, timeout=20, message="the replica to finish its first sync")
+        return self
+
+    def _linked(self) -> bool:
+        return self.replica.info("replication").get("master_link_status") == "up" and (
+            self.primary.info("replication").get("connected_slaves") == 1
+        )
+
+    def stop(self) -> None:
+        self.replica.stop()
+        self.primary.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``size`` primaries without replicas, on loopback ports.
+
+    ``redis-cli --cluster create`` assigns the slots; each node's cluster bus
+    listens on its own free port (``cluster-port``, Redis 7.0 and later).
+    """
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.directory = directory
+        self.nodes = []
+        for _ in range(size):
+            port = free_port()
+            self.nodes.append(
+                RedisServer(
+                    directory,
+                    port=port,
+                    extra_args=(
+                        "--cluster-enabled", "yes",
+                        "--cluster-port", str(free_port()),
+                        "--cluster-config-file", str(directory / f"nodes-{port}.conf"),
+                        "--cluster-node-timeout", "5000",
+                    ),
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        """URL of the first node, the seed that clients discover the cluster from."""
+        return self.nodes[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self) -> RedisClusterServers:
+        binary = shutil.which("redis-cli")
+        if binary is None:
+            raise RuntimeError("redis-cli is not installed; it comes with redis-server")
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [binary, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self._ready, timeout=30, message="every cluster node to report cluster_state:ok")
+        return self
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            with node.client() as client:
+                if client.cluster("info").get("cluster_state") != "ok":
+                    return False
+        return True
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            with node.client() as client:
+                client.flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
 
 def project_env(**overrides: str | None) -> dict[str, str]:
     """Environment for a project subprocess: the test's variables minus Django's test overrides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
     env["DJANGO_SETTINGS_MODULE"] = "realtime.settings"
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop("REDIS_URL", None)
-    env.pop("REDIS_CLUSTER", None)
+    for name in ("REDIS_URL", "REDIS_CLUSTER", "REDIS_CLUSTER_NODES", "CHANNEL_LAYER_REDIS_URL"):
+        env.pop(name, None)
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)
