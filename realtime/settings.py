@@ -160,6 +160,10 @@ if REPLAY_REDIS_WAIT_REPLICAS and REPLAY_REDIS_WAIT_TIMEOUT_MS >= REPLAY_REDIS_T
         f"REPLAY_REDIS_TIMEOUT_MS ({REPLAY_REDIS_TIMEOUT_MS}), so that a check fails on its WAIT reply "
         "and not on the overall timeout"
     )
+# Connections per process (per node of a cluster) that the replay store
+# opens to Redis. Checks beyond this many at once wait for a free
+# connection, within REPLAY_REDIS_TIMEOUT_MS.
+REPLAY_REDIS_MAX_CONNECTIONS = env_int("REPLAY_REDIS_MAX_CONNECTIONS", 100, minimum=1, maximum=10_000)
 # Dotted path of the replay store class. Unset: Redis when REDIS_URL is set,
 # the in-memory store otherwise.
 REPLAY_STORE = os.environ.get("REPLAY_STORE", "").strip() or None

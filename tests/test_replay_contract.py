@@ -496,3 +496,17 @@ async def test_cluster_script_reloaded_on_one_flushed_primary(
         )
     assert flushed.script_exists(CHECK_SHA) == [True]
     await store.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
+async def test_checks_beyond_pool_wait_for_connection(request: pytest.FixtureRequest, backend: str) -> None:
+    cluster = backend == "cluster"
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    store = RedisReplayStore(
+        url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=cluster, max_connections=4
+    )
+    now = int(time.time() * 1000)
+    checks = [store.check(check(identity=IDENTITIES[index % 12], ts=now, nonce=f"nonce-pool-{index:08d}")) for index in range(200)]
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    assert [result for result in results if isinstance(result, BaseException)] == []
+    await store.close()

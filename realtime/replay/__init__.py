@@ -49,6 +49,7 @@ _SETTINGS = {
     "REPLAY_REDIS_TIMEOUT_MS",
     "REPLAY_REDIS_WAIT_REPLICAS",
     "REPLAY_REDIS_WAIT_TIMEOUT_MS",
+    "REPLAY_REDIS_MAX_CONNECTIONS",
     "REPLAY_STORE",
 }
 
@@ -81,6 +82,7 @@ def build_replay_store(**overrides: Any) -> ReplayStore:
         "cluster": settings.REDIS_CLUSTER,
         "wait_replicas": settings.REPLAY_REDIS_WAIT_REPLICAS,
         "wait_timeout_ms": settings.REPLAY_REDIS_WAIT_TIMEOUT_MS,
+        "max_connections": settings.REPLAY_REDIS_MAX_CONNECTIONS,
         **overrides,
     }
     return store_class(redis_url, **options)

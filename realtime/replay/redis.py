@@ -69,11 +69,14 @@ class RedisReplayStore(ReplayStore):
         cluster: bool = False,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 50,
+        max_connections: int = 100,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(max_skew_ms=max_skew_ms, seq_window=seq_window, session_ttl_ms=session_ttl_ms)
-        if wait_replicas < 0 or timeout_ms < 1 or wait_timeout_ms < 1:
-            raise ValueError("wait_replicas must be 0 or more, and timeout_ms and wait_timeout_ms must be positive")
+        if wait_replicas < 0 or timeout_ms < 1 or wait_timeout_ms < 1 or max_connections < 1:
+            raise ValueError(
+                "wait_replicas must be 0 or more, and timeout_ms, wait_timeout_ms and max_connections must be positive"
+            )
         if wait_replicas and wait_timeout_ms >= timeout_ms:
             raise ValueError(
                 f"wait_timeout_ms ({wait_timeout_ms}) must be below timeout_ms ({timeout_ms}), "
@@ -85,19 +88,24 @@ class RedisReplayStore(ReplayStore):
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._clock = clock
-        self._client: Any = self._make_client(url, cluster, self.timeout_s)
+        self._client: Any = self._make_client(url, cluster, self.timeout_s, max_connections)
+        # Checks beyond max_connections wait here, within their timeout, where
+        # redis-py's pool would raise MaxConnectionsError at once.
+        self._connection_slots = asyncio.Semaphore(max_connections)
         # Network round trips made by checks; a check normally makes one.
         self.round_trips = 0
         self._last_failure_log = 0.0
         self._suppressed_failures = 0
 
     @staticmethod
-    def _make_client(url: str, cluster: bool, timeout_s: float) -> Any:
+    def _make_client(url: str, cluster: bool, timeout_s: float, max_connections: int) -> Any:
         options: dict[str, Any] = {
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
             "retry": Retry(NoBackoff(), 0),
             "decode_responses": False,
+            # Per node in a cluster.
+            "max_connections": max_connections,
         }
         if cluster:
             return RedisCluster.from_url(url, **options)
@@ -111,7 +119,7 @@ class RedisReplayStore(ReplayStore):
     async def check(self, check: ReplayCheck) -> ReplayVerdict:
         keys, args = self._keys_and_args(check)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout_s), self._connection_slots:
                 if self.wait_replicas:
                     reply = await self._run_with_wait(keys, args)
                 else:
@@ -143,8 +151,9 @@ class RedisReplayStore(ReplayStore):
     async def load_script(self) -> None:
         """Load the check script on the server, or on every primary of a cluster.
 
-        Checks load it on their own after a NOSCRIPT reply, so calling this
-        at start-up only saves the first check that extra round trip.
+        A check that gets a NOSCRIPT reply sends the script itself with EVAL,
+        so calling this at start-up only saves the first check that extra
+        round trip.
         """
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -192,12 +201,13 @@ class RedisReplayStore(ReplayStore):
             return await self._client.evalsha(_CHECK_SHA, len(keys), *keys, *args)
         except NoScriptError:
             # The server lost its script cache (restart, SCRIPT FLUSH,
-            # failover). NOSCRIPT means nothing ran, so loading and running
-            # again cannot apply the check twice.
-            logger.warning("replay check script missing on Redis; loading it again")
-            await self._load_script()
+            # failover). NOSCRIPT means nothing ran, so running the script
+            # again cannot apply the check twice. EVAL sends the script body,
+            # and caches it, in the same command that runs it, so a flush in
+            # between cannot fail it again.
+            logger.warning("replay check script missing on Redis; sending it with EVAL")
             self.round_trips += 1
-            return await self._client.evalsha(_CHECK_SHA, len(keys), *keys, *args)
+            return await self._client.eval(CHECK_SCRIPT, len(keys), *keys, *args)
 
     async def _run_with_wait(self, keys: list[str], args: list[str | int]) -> Any:
         """Run the check and WAIT for replicas in one pipeline, one round trip.
@@ -207,10 +217,11 @@ class RedisReplayStore(ReplayStore):
         connection: a pipeline writes all its commands to one connection, and
         in a cluster both commands go to the node that owns the keys' slot.
         """
+        script: tuple[str, str] = ("EVALSHA", _CHECK_SHA)
         for attempt in range(2):
             self.round_trips += 1
             pipe, wait_options = await self._wait_pipeline(keys[0])
-            pipe.execute_command("EVALSHA", _CHECK_SHA, len(keys), *keys, *args)
+            pipe.execute_command(*script, len(keys), *keys, *args)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **wait_options)
             if self.cluster:
                 # A redirected script would run on another node than its WAIT.
@@ -218,8 +229,8 @@ class RedisReplayStore(ReplayStore):
             else:
                 reply, acknowledged = await pipe.execute(raise_on_error=False)
             if isinstance(reply, NoScriptError) and attempt == 0:
-                logger.warning("replay check script missing on Redis; loading it again")
-                await self._load_script()
+                logger.warning("replay check script missing on Redis; sending it with EVAL")
+                script = ("EVAL", CHECK_SCRIPT)
                 continue
             if isinstance(reply, MovedError) and attempt == 0:
                 # MOVED means nothing ran, so the check goes again to the slot's new owner.

@@ -6,6 +6,7 @@ directory, on a free port, and is stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -50,7 +51,7 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 class RedisServer:
-    """A redis-server process on a free loopback port, keeping nothing on disk."""
+    """A redis-server process on a free loopback port, keeping nothing on disk unless ``extra_args`` enable persistence."""
 
     def __init__(self, directory: Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.directory = directory
@@ -144,6 +145,9 @@ class RedisReplicaPair:
         self.primary.start()
         self.replica.start()
         wait_for(self._linked, timeout=20, message="the replica to finish its first sync")
+        # A replica that has just synced can go a while before its first
+        # acknowledgement, so WAIT returns 0 until the primary hears one.
+        wait_for(self.replica_acknowledges, timeout=20, message="the replica to acknowledge a write")
         return self
 
     def _linked(self) -> bool:
@@ -151,24 +155,32 @@ class RedisReplicaPair:
             self.primary.info("replication").get("connected_slaves") == 1
         )
 
+    def replica_acknowledges(self) -> bool:
+        """Write on the primary and tell whether the replica acknowledged it within 100 ms."""
+        with redis.Redis(host="127.0.0.1", port=self.primary.port, socket_timeout=5, single_connection_client=True) as client:
+            client.set("probe", "1")
+            return client.execute_command("WAIT", 1, 100) >= 1
+
     def stop(self) -> None:
         self.replica.stop()
         self.primary.stop()
 
 
 class RedisClusterServers:
-    """A Redis Cluster of ``size`` primaries without replicas, on loopback ports.
+    """A Redis Cluster of ``primaries`` primaries, each with ``replicas`` replicas, on loopback ports.
 
-    ``redis-cli --cluster create`` assigns the slots; each node's cluster bus
-    listens on its own free port (``cluster-port``, Redis 7.0 and later).
+    ``redis-cli --cluster create`` assigns the slots and the replicas; each
+    node's cluster bus listens on its own free port (``cluster-port``, Redis
+    7.0 and later).
     """
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
+    def __init__(self, directory: Path, *, primaries: int = 3, replicas: int = 0) -> None:
         self.directory = directory
-        self.nodes = []
-        for _ in range(size):
+        self.replicas = replicas
+        self.all_nodes: list[RedisServer] = []
+        for _ in range(primaries * (1 + replicas)):
             port = free_port()
-            self.nodes.append(
+            self.all_nodes.append(
                 RedisServer(
                     directory,
                     port=port,
@@ -177,44 +189,84 @@ class RedisClusterServers:
                         "--cluster-port", str(free_port()),
                         "--cluster-config-file", str(directory / f"nodes-{port}.conf"),
                         "--cluster-node-timeout", "5000",
+                        "--repl-diskless-sync-delay", "0",
                     ),
                 )
             )
 
     @property
+    def nodes(self) -> list[RedisServer]:
+        """The primaries."""
+        return [node for node in self.all_nodes if self._role(node) == "master"]
+
+    @property
     def url(self) -> str:
         """URL of the first node, the seed that clients discover the cluster from."""
-        return self.nodes[0].url
+        return self.all_nodes[0].url
 
     @property
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
 
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """Return the first replica of a primary."""
+        for node in self.all_nodes:
+            info = node.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                return node
+        raise LookupError(f"the primary on port {primary.port} has no replica")
+
     def start(self) -> RedisClusterServers:
         binary = shutil.which("redis-cli")
         if binary is None:
             raise RuntimeError("redis-cli is not installed; it comes with redis-server")
-        for node in self.nodes:
+        for node in self.all_nodes:
             node.start()
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        addresses = [f"127.0.0.1:{node.port}" for node in self.all_nodes]
         subprocess.run(
-            [binary, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [binary, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=60,
         )
         wait_for(self._ready, timeout=30, message="every cluster node to report cluster_state:ok")
+        if self.replicas:
+            # A replica that has just synced can go a while before its first
+            # acknowledgement, so WAIT returns 0 until every primary hears one.
+            wait_for(self._replicas_acknowledge, timeout=30, message="every replica to acknowledge a write")
         return self
 
-    def _ready(self) -> bool:
-        for node in self.nodes:
-            with node.client() as client:
-                if client.cluster("info").get("cluster_state") != "ok":
+    def _replicas_acknowledge(self) -> bool:
+        cluster = self.client()
+        probe_keys: dict[int, str] = {}
+        for index in itertools.count():
+            if len(probe_keys) == len(self.nodes):
+                break
+            key = f"probe-{index}"
+            probe_keys.setdefault(cluster.get_node_from_key(key).port, key)
+        cluster.close()
+        for port, key in probe_keys.items():
+            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, single_connection_client=True) as client:
+                client.set(key, "1")
+                if client.execute_command("WAIT", self.replicas, 100) < self.replicas:
                     return False
         return True
 
+    def _role(self, node: RedisServer) -> str:
+        return str(node.info("replication").get("role"))
+
+    def _ready(self) -> bool:
+        for node in self.all_nodes:
+            with node.client() as client:
+                if client.cluster("info").get("cluster_state") != "ok":
+                    return False
+            info = node.info("replication")
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
     def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+        return redis.RedisCluster(host="127.0.0.1", port=self.all_nodes[0].port, socket_timeout=5)
 
     def flushall(self) -> None:
         for node in self.nodes:
@@ -222,7 +274,12 @@ class RedisClusterServers:
                 client.flushall()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        # Signal every node first, so that their shutdowns overlap.
+        for node in self.all_nodes:
+            if node.process is not None:
+                node.process.send_signal(signal.SIGCONT)
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.all_nodes:
             node.stop()
 
 
