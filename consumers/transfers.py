@@ -2,12 +2,12 @@
 
 The server opens with a ``welcome`` frame whose ``session`` is the resume
 token of the connection's sequence window. The client sends ``transfer``
-frames, and may send one ``resume`` frame before its first accepted command
-to continue an earlier session of the same client instead; the server
-answers ``resumed``, ``transfer.executed`` or ``rejected``. Each frame is
-parsed strictly, checked by the replay engine and only then executed; a
-frame that fails parsing or the replay check changes nothing and leaves the
-socket open. ``CLOSE_CODES`` lists the close codes.
+frames. Before its first accepted command it may instead send a ``resume``
+frame, to continue an earlier session of the same client. The server replies
+to each frame with ``resumed``, ``transfer.executed`` or ``rejected``. Each
+frame is parsed strictly, checked by the replay engine and only then
+executed; a frame that fails parsing or the replay check changes nothing and
+leaves the socket open. ``CLOSE_CODES`` lists the close codes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import DenyConnection
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from realtime.exceptions import IdentityRejected, InvalidMessage, Rejection
 from realtime.identity import ClientIdentity
@@ -142,7 +143,12 @@ class TransferConsumer(AsyncWebsocketConsumer):
         self.session = ConnectionSession(store, identity.name)
         self._expiry_timer: asyncio.TimerHandle | None = None
 
-        await self.channel_layer.group_add(client_group(identity.client_id), self.channel_name)
+        try:
+            await self.channel_layer.group_add(client_group(identity.client_id), self.channel_name)
+        except (RedisError, OSError) as exc:
+            # Without the group, a revocation closes this socket at its next
+            # command instead of at once (see consumers.revocation).
+            logger.warning("channel layer unavailable; client=%s joins no revocation group: %s", identity.name, exc)
         await self.accept()
         self._schedule_certificate_expiry()
         await self._send_json(
@@ -164,7 +170,10 @@ class TransferConsumer(AsyncWebsocketConsumer):
         if getattr(self, "_expiry_timer", None) is not None:
             self._expiry_timer.cancel()
         if hasattr(self, "identity"):
-            await self.channel_layer.group_discard(client_group(self.identity.client_id), self.channel_name)
+            try:
+                await self.channel_layer.group_discard(client_group(self.identity.client_id), self.channel_name)
+            except (RedisError, OSError) as exc:
+                logger.warning("channel layer unavailable; group_discard failed for client=%s: %s", self.identity.name, exc)
             logger.info("disconnected client=%s session=%s code=%s", self.identity.name, self._session_id(), code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

@@ -118,7 +118,7 @@ for _node_url in REDIS_CLUSTER_NODES:
 if CHANNEL_LAYER_REDIS_URL or (REDIS_URL and not REDIS_CLUSTER):
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "realtime.channel_layers.RedisChannelLayer",
             "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL or REDIS_URL], "prefix": "realtime:layer"},
         }
     }

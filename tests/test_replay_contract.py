@@ -502,8 +502,9 @@ async def test_cluster_script_reloaded_on_one_flushed_primary(
 async def test_checks_beyond_pool_wait_for_connection(request: pytest.FixtureRequest, backend: str) -> None:
     cluster = backend == "cluster"
     url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    # A generous timeout: the checks queue for four connections on a loaded test machine.
     store = RedisReplayStore(
-        url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=cluster, max_connections=4
+        url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=cluster, max_connections=4, timeout_ms=10_000
     )
     now = int(time.time() * 1000)
     checks = [store.check(check(identity=IDENTITIES[index % 12], ts=now, nonce=f"nonce-pool-{index:08d}")) for index in range(200)]

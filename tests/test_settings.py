@@ -39,7 +39,7 @@ def test_layer_in_memory_without_redis() -> None:
 
 def test_layer_on_single_redis() -> None:
     layer = channel_layer(REDIS_URL="redis://127.0.0.1:1/0")
-    assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert layer["BACKEND"] == "realtime.channel_layers.RedisChannelLayer"
     assert layer["CONFIG"]["hosts"] == ["redis://127.0.0.1:1/0"]
 
 
@@ -60,7 +60,7 @@ def test_layer_separate_redis_in_cluster_mode() -> None:
     layer = channel_layer(
         REDIS_URL="redis://127.0.0.1:1/0", REDIS_CLUSTER="1", CHANNEL_LAYER_REDIS_URL="redis://127.0.0.1:9/0"
     )
-    assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert layer["BACKEND"] == "realtime.channel_layers.RedisChannelLayer"
     assert layer["CONFIG"]["hosts"] == ["redis://127.0.0.1:9/0"]
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import websockets
 
 from realtime.client import client_ssl_context
@@ -36,6 +38,10 @@ class Deployment:
         kwargs.setdefault("max_size", 2**20)
         return websockets.connect(self.server.ws_url, ssl=self.ssl_context(name), **kwargs)
 
+    def http(self, name: str) -> httpx.AsyncClient:
+        """Return an HTTPS client presenting client ``name``'s certificate."""
+        return httpx.AsyncClient(base_url=self.server.base_url, verify=self.ssl_context(name), timeout=10)
+
     def balance(self, account_id: str) -> Decimal:
         rows = query(self.database_url, "SELECT balance FROM transfers_account WHERE id = %s", (account_id,))
         return Decimal(str(rows[0][0]))
@@ -60,3 +66,25 @@ async def open_session(connection: Any) -> dict[str, Any]:
     if welcome.get("type") != "welcome":
         raise AssertionError(f"expected a welcome frame, got {welcome!r}")
     return welcome
+
+
+def transfer_headers(
+    *,
+    key: str,
+    nonce: str,
+    ts: int | None = None,
+    session: str | None = None,
+    seq: int | None = None,
+) -> dict[str, str]:
+    """Headers of an HTTP transfer request; the session pair only when given."""
+    headers = {
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+        "X-Request-Nonce": nonce,
+        "X-Request-Timestamp": str(ts if ts is not None else time.time_ns() // 1_000_000),
+    }
+    if session is not None:
+        headers["X-Request-Session"] = session
+    if seq is not None:
+        headers["X-Request-Sequence"] = str(seq)
+    return headers
