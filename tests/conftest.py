@@ -42,7 +42,7 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture(scope="session")
 def redis_cluster(run_dir: Path) -> Iterator[RedisClusterServers]:
-    """A 3-node Redis Cluster, started once per test process when a test asks for it."""
+    """A 3-node Redis Cluster, started once per test process by the first test that uses it."""
     cluster = RedisClusterServers(run_dir / "cluster").start()
     yield cluster
     cluster.stop()

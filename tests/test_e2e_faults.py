@@ -26,7 +26,7 @@ from tests.support.servers import RedisServer, ServeProcess, project_env, wait_f
 
 pytestmark = pytest.mark.e2e
 
-TIMEOUT_MS = 300
+TIMEOUT_MS = 1_000
 # Slack on top of TIMEOUT_MS for TLS, daphne and a loaded 2-core machine.
 TIMEOUT_SLACK_S = 0.7
 LEASE_S = 2

@@ -1,11 +1,11 @@
 """Sequence-window sessions: resume tokens and the session of one connection.
 
 A session is one sequence space of one identity in the replay store. Its
-token is a resume token: a client that reconnects, or switches to HTTP,
-names it to continue the same window, so a command captured on the old
-connection is rejected by its sequence number as well as by its nonce. The
-store keys sessions by identity, so a token presented by another client is
-an unknown session to it.
+token is a resume token. A client that reconnects, or switches to HTTP,
+names it to continue the same window. A command captured on the old
+connection is then rejected by its sequence number as well as by its nonce.
+The store keys sessions by identity, so a token presented by another client
+is an unknown session to it.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def parse_session_token(value: Any, field: str = "session") -> str:
 class ConnectionSession:
     """The session of one WebSocket connection.
 
-    A connection starts with a fresh token that the store does not hold yet.
-    Its first accepted command creates the session in the store; until then
+    A connection starts with a fresh token that the store does not have yet.
+    Its first accepted command creates the session in the store. Until then
     the connection may instead resume an earlier session of its identity.
     A welcome token whose connection had no command accepted names no
     session, and resuming it is rejected as ``session.unknown``.
@@ -48,7 +48,7 @@ class ConnectionSession:
         self.store = store
         self.identity = identity
         self.token = new_session_token()
-        # True once the store holds the session: after the first accepted
+        # True once the store has the session: after the first accepted
         # command or resume.
         self.started = False
 
@@ -67,7 +67,7 @@ class ConnectionSession:
         return verdict
 
     async def resume(self, *, token: str, seq: int, ts_ms: int, nonce: str) -> ReplayVerdict:
-        """Switch the connection to an earlier session; the resume itself uses ``seq`` and ``nonce``.
+        """Switch the connection to an earlier session, using ``seq`` and ``nonce`` for the resume itself.
 
         Raises InvalidMessage once the connection has a session of its own,
         and the store's rejection (``session.unknown`` for a token that is
