@@ -58,10 +58,10 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         if request.param == "memory":
             store: ReplayStore = MemoryReplayStore(**options)
         elif request.param == "redis":
-            store = RedisReplayStore(request.getfixturevalue("redis_url"), timeout_ms=2000, **options)
+            store = RedisReplayStore(request.getfixturevalue("redis_url"), timeout_ms=5_000, **options)
         else:
             url = request.getfixturevalue("redis_cluster_url")
-            store = RedisReplayStore(url, timeout_ms=2000, cluster=True, **options)
+            store = RedisReplayStore(url, timeout_ms=5_000, cluster=True, **options)
         stores.append(store)
         return store
 
@@ -185,7 +185,7 @@ async def test_nonce_expiry_follows_injected_clock(make_store: StoreFactory) -> 
 async def test_redis_ttls_match_expiries(request: pytest.FixtureRequest, backend: str) -> None:
     cluster = backend == "cluster"
     url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
-    store = RedisReplayStore(url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=600_000, cluster=cluster)
+    store = RedisReplayStore(url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=600_000, cluster=cluster, timeout_ms=5_000)
     admin = redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
     now = int(time.time() * 1000)
     await store.check(session_check(1, ts=now - 10_000))
@@ -408,7 +408,7 @@ async def test_redis_unreachable_fails_closed() -> None:
 
 
 async def test_redis_check_is_one_round_trip(redis_url: str) -> None:
-    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000)
+    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, timeout_ms=5_000)
     admin = redis.Redis.from_url(redis_url)
     await store.check(check(ts=int(time.time() * 1000), nonce="nonce-warm-up-000001"))
     admin.config_resetstat()
@@ -430,7 +430,7 @@ async def test_redis_check_is_one_round_trip(redis_url: str) -> None:
 
 
 async def test_redis_script_reloaded_after_flush(redis_url: str) -> None:
-    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000)
+    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, timeout_ms=5_000)
     await store.check(check(ts=int(time.time() * 1000), nonce="nonce-before-flush-01"))
     redis.Redis.from_url(redis_url).script_flush()
     await store.check(check(ts=int(time.time() * 1000), nonce="nonce-after-flush-001"))
@@ -450,7 +450,7 @@ def cluster_owner(cluster: redis.RedisCluster, key: str) -> str:
 
 @pytest.mark.cluster
 async def test_cluster_keys_of_identity_share_slot(redis_cluster_url: str) -> None:
-    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True)
+    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True, timeout_ms=5_000)
     admin = redis.RedisCluster.from_url(redis_cluster_url)
     for identity in IDENTITIES:
         await store.check(session_check(1, identity=identity, ts=int(time.time() * 1000)))
@@ -470,7 +470,7 @@ async def test_cluster_keys_of_identity_share_slot(redis_cluster_url: str) -> No
 
 @pytest.mark.cluster
 async def test_cluster_script_loaded_on_every_primary(redis_cluster: RedisClusterServers, redis_cluster_url: str) -> None:
-    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True)
+    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True, timeout_ms=5_000)
     for node in redis_cluster.nodes:
         node.client().script_flush()
     await store.load_script()
@@ -483,7 +483,7 @@ async def test_cluster_script_loaded_on_every_primary(redis_cluster: RedisCluste
 async def test_cluster_script_reloaded_on_one_flushed_primary(
     redis_cluster: RedisClusterServers, redis_cluster_url: str
 ) -> None:
-    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True)
+    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True, timeout_ms=5_000)
     await store.load_script()
     flushed = redis_cluster.nodes[1].client()
     flushed.script_flush()

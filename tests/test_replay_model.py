@@ -265,13 +265,13 @@ def test_model_memory_store() -> None:
 
 
 def test_model_redis_store(redis_url: str) -> None:
-    run_machine(lambda clock: RedisReplayStore(redis_url, timeout_ms=2000, **store_options(clock)), examples=80)
+    run_machine(lambda clock: RedisReplayStore(redis_url, timeout_ms=5_000, **store_options(clock)), examples=80)
 
 
 @pytest.mark.cluster
 def test_model_cluster_store(redis_cluster_url: str) -> None:
     run_machine(
-        lambda clock: RedisReplayStore(redis_cluster_url, timeout_ms=2000, cluster=True, **store_options(clock)),
+        lambda clock: RedisReplayStore(redis_cluster_url, timeout_ms=5_000, cluster=True, **store_options(clock)),
         examples=60,
     )
 
