@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from realtime.client import CommandBuilder, new_nonce, now_ms
 from realtime.replay.redis import replay_key_prefix
