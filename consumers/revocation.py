@@ -1,8 +1,8 @@
 """Closing every open socket of a client when it is deactivated.
 
-Each consumer joins its client's channel-layer group. With
-``RedisChannelLayer`` (``REDIS_URL`` set) a message sent to the group
-reaches every daphne worker. ``InMemoryChannelLayer`` reaches only the
+Each consumer joins its client's channel-layer group. With a Redis channel
+layer (``REDIS_URL`` set: ``RedisChannelLayer``, or ``RedisPubSubChannelLayer``
+on a Redis Cluster) a message sent to the group reaches every daphne worker. ``InMemoryChannelLayer`` reaches only the
 sockets of the process that sends it; with it, a deactivated client's
 open sockets are refused at their next command instead, because the
 transfer service checks the client's state in the command's transaction.

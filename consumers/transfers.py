@@ -1,9 +1,13 @@
 """WebSocket protocol v1: transfer commands over ``/ws/v1/transfers/``.
 
-See docs/protocol.md for the frames and close codes. Each frame is parsed
-strictly, checked by the replay engine and only then executed; a frame that
-fails parsing or the replay check changes nothing and leaves the socket
-open.
+The server opens with a ``welcome`` frame whose ``session`` is the resume
+token of the connection's sequence window. The client sends ``transfer``
+frames. Before its first accepted command it may instead send a ``resume``
+frame, to continue an earlier session of the same client. The server replies
+to each frame with ``resumed``, ``transfer.executed`` or ``rejected``. Each
+frame is parsed strictly, checked by the replay engine and only then
+executed; a frame that fails parsing or the replay check changes nothing and
+leaves the socket open. ``CLOSE_CODES`` lists the close codes.
 """
 
 from __future__ import annotations
@@ -12,25 +16,27 @@ import asyncio
 import datetime as dt
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.exceptions import DenyConnection
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from realtime.exceptions import IdentityRejected, InvalidMessage, Rejection
 from realtime.identity import ClientIdentity
 from realtime.models import Client
 from realtime.protocol import parse_idempotency_key, parse_json_object, parse_nonce, parse_seq, parse_timestamp
-from realtime.replay import ReplayCheck, get_replay_store, new_session_token, parse_session_token
+from realtime.replay import ConnectionSession, get_replay_store, parse_session_token
 from transfers.exceptions import IdempotencyInProgress
 from transfers.service import TransferOutcome, execute_transfer
-from transfers.validation import parse_transfer
+from transfers.validation import TransferRequest, parse_transfer
 
 from .revocation import client_group
 
-__all__ = ["CLOSE_CODES", "TransferConsumer"]
+__all__ = ["CLOSE_CODES", "ResumeFrame", "TransferConsumer", "TransferFrame", "parse_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +72,65 @@ def _dumps(document: dict[str, Any]) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
+@dataclass(frozen=True, slots=True)
+class TransferFrame:
+    """A well-formed ``transfer`` frame."""
+
+    seq: int
+    ts: int
+    nonce: str
+    idempotency_key: str
+    transfer: TransferRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeFrame:
+    """A well-formed ``resume`` frame: continue the session ``session`` from ``seq``."""
+
+    session: str
+    seq: int
+    ts: int
+    nonce: str
+
+
+def parse_frame(text_data: str | None, bytes_data: bytes | None = None) -> TransferFrame | ResumeFrame:
+    """Parse one WebSocket message into a frame, or raise InvalidMessage naming the problem.
+
+    Parsing reads no state, so a malformed frame consumes no nonce or
+    sequence number.
+    """
+    if text_data is None:
+        raise InvalidMessage("binary frames are not accepted; send JSON text frames")
+    return _frame_from_document(parse_json_object(text_data))
+
+
+def _frame_from_document(document: dict[str, Any]) -> TransferFrame | ResumeFrame:
+    kind = document.get("type")
+    if kind == "transfer":
+        _reject_unknown_fields(document, _TRANSFER_FIELDS)
+        return TransferFrame(
+            seq=parse_seq(document.get("seq")),
+            ts=parse_timestamp(document.get("ts")),
+            nonce=parse_nonce(document.get("nonce")),
+            idempotency_key=parse_idempotency_key(document.get("idempotency_key")),
+            transfer=parse_transfer(document.get("transfer")),
+        )
+    if kind == "resume":
+        _reject_unknown_fields(document, _RESUME_FIELDS)
+        return ResumeFrame(
+            session=parse_session_token(document.get("session")),
+            seq=parse_seq(document.get("seq")),
+            ts=parse_timestamp(document.get("ts")),
+            nonce=parse_nonce(document.get("nonce")),
+        )
+    raise InvalidMessage('type must be "transfer" or "resume"')
+
+
 class TransferConsumer(AsyncWebsocketConsumer):
     """One client connection: a session, its sequence window and its commands."""
 
     identity: ClientIdentity
-    session: str
-    # True once the store holds the session, after its first accepted check.
-    session_started: bool
-    frames_received: int
+    session: ConnectionSession
 
     async def connect(self) -> None:
         """Run when the handshake arrives; the identity middleware has admitted the client."""
@@ -85,9 +142,8 @@ class TransferConsumer(AsyncWebsocketConsumer):
             raise DenyConnection
 
         self.identity = identity
-        self.session = new_session_token()
-        self.session_started = False
-        self.frames_received = 0
+        store = get_replay_store()
+        self.session = ConnectionSession(store, identity.name)
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_task: asyncio.Task[None] | None = None
 
@@ -100,11 +156,10 @@ class TransferConsumer(AsyncWebsocketConsumer):
             raise DenyConnection
         await self.accept()
         self._schedule_certificate_expiry()
-        store = get_replay_store()
         await self._send_json(
             {
                 "type": "welcome",
-                "session": self.session,
+                "session": self.session.token,
                 "client": identity.name,
                 "server_time": _now_ms(),
                 "max_skew_ms": store.max_skew_ms,
@@ -112,7 +167,9 @@ class TransferConsumer(AsyncWebsocketConsumer):
                 "next_seq": 1,
             }
         )
-        logger.info("connected client=%s cert=%s session=%s", identity.name, identity.fingerprint_prefix, self.session[:8])
+        logger.info(
+            "connected client=%s cert=%s session=%s", identity.name, identity.fingerprint_prefix, self._session_id()
+        )
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "_expiry_timer", None) is not None:
@@ -122,31 +179,28 @@ class TransferConsumer(AsyncWebsocketConsumer):
                 await self.channel_layer.group_discard(client_group(self.identity.client_id), self.channel_name)
             except Exception as exc:  # channel-layer backends raise their own error types
                 logger.warning("could not leave revocation group (client=%s): %s", self.identity.name, exc)
-            logger.info("disconnected client=%s session=%s code=%s", self.identity.name, self.session[:8], code)
+            logger.info("disconnected client=%s session=%s code=%s", self.identity.name, self._session_id(), code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Handle one frame: reply with a result or a typed rejection, never both."""
-        self.frames_received += 1
         seq: int | None = None
-        kind: Any = None
+        frame: TransferFrame | ResumeFrame | None = None
         try:
             if text_data is None:
                 raise InvalidMessage("binary frames are not accepted; send JSON text frames")
-            frame = parse_json_object(text_data)
-            seq = _readable_seq(frame)
-            kind = frame.get("type")
-            if kind == "transfer":
+            document = parse_json_object(text_data)
+            seq = _readable_seq(document)
+            frame = _frame_from_document(document)
+            if isinstance(frame, TransferFrame):
                 await self._handle_transfer(frame)
-            elif kind == "resume":
-                await self._handle_resume(frame)
             else:
-                raise InvalidMessage("type must be \"transfer\" or \"resume\"")
+                await self._handle_resume(frame)
         except IdentityRejected as exc:
             await self._reject(seq, exc)
             await self.close(code=CLOSE_CLIENT_DEACTIVATED)
         except Rejection as exc:
             await self._reject(seq, exc)
-            if exc.code == "session.unknown" and self.session_started and kind == "transfer":
+            if exc.code == "session.unknown" and isinstance(frame, TransferFrame) and self.session.started:
                 # The store lost this connection's own session (it expired,
                 # or Redis restarted without its data). Every later command
                 # would fail the same way, so the client must reconnect.
@@ -155,14 +209,14 @@ class TransferConsumer(AsyncWebsocketConsumer):
             logger.exception(
                 "unexpected error; closing connection (client=%s session=%s seq=%s)",
                 self.identity.name,
-                self.session[:8],
+                self._session_id(),
                 seq,
             )
             await self.close(code=CLOSE_INTERNAL_ERROR)
 
     async def client_revoked(self, event: dict[str, Any]) -> None:
         """Run when ``deactivate_client`` announces this client's revocation on the channel layer."""
-        logger.info("closing connection of deactivated client=%s session=%s", self.identity.name, self.session[:8])
+        logger.info("closing connection of deactivated client=%s session=%s", self.identity.name, self._session_id())
         await self.close(code=CLOSE_CLIENT_DEACTIVATED)
 
     async def _join_revocation_group(self) -> None:
@@ -180,51 +234,20 @@ class TransferConsumer(AsyncWebsocketConsumer):
 
     # --- commands -------------------------------------------------------
 
-    async def _handle_transfer(self, frame: dict[str, Any]) -> None:
-        _reject_unknown_fields(frame, _TRANSFER_FIELDS)
-        seq = parse_seq(frame.get("seq"))
-        ts = parse_timestamp(frame.get("ts"))
-        nonce = parse_nonce(frame.get("nonce"))
-        key = parse_idempotency_key(frame.get("idempotency_key"))
-        request = parse_transfer(frame.get("transfer"))
-
-        await self._check_replay(seq=seq, ts=ts, nonce=nonce, session=self.session, create=not self.session_started)
+    async def _handle_transfer(self, frame: TransferFrame) -> None:
+        await self.session.check_command(seq=frame.seq, ts_ms=frame.ts, nonce=frame.nonce)
 
         outcome = await database_sync_to_async(execute_transfer, thread_sensitive=False)(
-            client_id=self.identity.client_id, key=key, request=request, channel="ws"
+            client_id=self.identity.client_id, key=frame.idempotency_key, request=frame.transfer, channel="ws"
         )
-        await self._send_outcome(seq, outcome)
+        await self._send_outcome(frame.seq, outcome)
 
-    async def _handle_resume(self, frame: dict[str, Any]) -> None:
-        _reject_unknown_fields(frame, _RESUME_FIELDS)
-        if self.frames_received != 1:
-            raise InvalidMessage("resume must be the first frame on a connection")
-        session = parse_session_token(frame.get("session"))
-        seq = parse_seq(frame.get("seq"))
-        ts = parse_timestamp(frame.get("ts"))
-        nonce = parse_nonce(frame.get("nonce"))
+    async def _handle_resume(self, frame: ResumeFrame) -> None:
+        verdict = await self.session.resume(token=frame.session, seq=frame.seq, ts_ms=frame.ts, nonce=frame.nonce)
 
-        verdict = await self._check_replay(seq=seq, ts=ts, nonce=nonce, session=session, create=False)
-
-        self.session = session
-        self.session_started = True
-        next_seq = (verdict.highest_seq or seq) + 1
-        await self._send_json({"type": "resumed", "seq": seq, "session": session, "next_seq": next_seq})
-        logger.info("resumed client=%s session=%s seq=%s", self.identity.name, session[:8], seq)
-
-    async def _check_replay(self, *, seq: int, ts: int, nonce: str, session: str, create: bool) -> Any:
-        check = ReplayCheck(
-            identity=self.identity.name,
-            ts_ms=ts,
-            nonce=nonce,
-            session=session,
-            seq=seq,
-            create_session=create,
-        )
-        verdict = await get_replay_store().check(check)
-        if session == self.session:
-            self.session_started = True
-        return verdict
+        next_seq = (verdict.highest_seq or frame.seq) + 1
+        await self._send_json({"type": "resumed", "seq": frame.seq, "session": frame.session, "next_seq": next_seq})
+        logger.info("resumed client=%s session=%s seq=%s", self.identity.name, self._session_id(), frame.seq)
 
     # --- replies --------------------------------------------------------
 
@@ -250,7 +273,7 @@ class TransferConsumer(AsyncWebsocketConsumer):
             "rejected client=%s cert=%s session=%s seq=%s code=%s",
             self.identity.name,
             self.identity.fingerprint_prefix,
-            self.session[:8],
+            self._session_id(),
             seq,
             rejection.code,
         )
@@ -261,6 +284,10 @@ class TransferConsumer(AsyncWebsocketConsumer):
 
     async def _send_json(self, document: dict[str, Any]) -> None:
         await self.send(text_data=_dumps(document))
+
+    def _session_id(self) -> str:
+        """Return the session token's first 8 characters, enough to follow a session in logs."""
+        return self.session.token[:8]
 
     # --- certificate expiry ---------------------------------------------
 
@@ -276,7 +303,7 @@ class TransferConsumer(AsyncWebsocketConsumer):
         self._expiry_task = asyncio.get_running_loop().create_task(self._close_expired())
 
     async def _close_expired(self) -> None:
-        logger.info("closing connection: certificate expired (client=%s session=%s)", self.identity.name, self.session[:8])
+        logger.info("closing connection: certificate expired (client=%s session=%s)", self.identity.name, self._session_id())
         await self.close(code=CLOSE_CERTIFICATE_EXPIRED)
 
 

@@ -45,7 +45,8 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise InvalidMessage(f"duplicate JSON key {key!r}")
+            # Truncated: the detail goes back in the rejection, and a key can be as long as the frame.
+            raise InvalidMessage(f"duplicate JSON key {key[:32]!r}")
         result[key] = value
     return result
 

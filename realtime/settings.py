@@ -103,27 +103,45 @@ USE_I18N = False
 # --- Redis, replay store and channel layer --------------------------------
 
 REDIS_URL = os.environ.get("REDIS_URL", "").strip() or None
+# With REDIS_CLUSTER=1, REDIS_URL names one node of a Redis Cluster, from
+# which the replay store discovers the others.
 REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
-# The channel layer needs a single Redis server (or several, sharded by
-# channels-redis itself). In cluster mode it defaults to REDIS_URL's node
-# only when CHANNEL_LAYER_REDIS_URL is not given.
-CHANNEL_LAYER_REDIS_URL = os.environ.get("CHANNEL_LAYER_REDIS_URL", "").strip() or REDIS_URL
+# Cluster mode only: URLs of the cluster nodes that the channel layer spreads
+# its pub/sub connections over. Default: REDIS_URL alone.
+REDIS_CLUSTER_NODES = env_list("REDIS_CLUSTER_NODES")
+# A single Redis server (not a cluster node) for the channel layer. Default:
+# REDIS_URL, except in cluster mode.
+CHANNEL_LAYER_REDIS_URL = os.environ.get("CHANNEL_LAYER_REDIS_URL", "").strip() or None
 
 if REDIS_CLUSTER and not REDIS_URL:
     raise ImproperlyConfigured("REDIS_CLUSTER=1 needs REDIS_URL to name a seed node of the cluster")
+for _node_url in REDIS_CLUSTER_NODES:
+    if not _node_url.startswith(("redis://", "rediss://")):
+        raise ImproperlyConfigured(f"REDIS_CLUSTER_NODES must list redis:// or rediss:// URLs, got {_node_url!r}")
 
-if CHANNEL_LAYER_REDIS_URL:
+if CHANNEL_LAYER_REDIS_URL or (REDIS_URL and not REDIS_CLUSTER):
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "realtime.channel_layer.ResilientRedisChannelLayer",
+            "BACKEND": "realtime.channel_layers.RedisChannelLayer",
             "CONFIG": {
                 # Each consumer waits for messages with BZPOPMIN blocking 5 s
                 # (channels-redis 4.3). redis-py 8 reads with a 5 s socket
                 # timeout by default, which fires as the empty reply arrives
                 # and kills every idle consumer, so reads get 15 s here.
-                "hosts": [{"address": CHANNEL_LAYER_REDIS_URL, "socket_timeout": 15}],
+                "hosts": [{"address": CHANNEL_LAYER_REDIS_URL or REDIS_URL, "socket_timeout": 15}],
                 "prefix": "realtime:layer",
             },
+        }
+    }
+elif REDIS_CLUSTER:
+    # RedisChannelLayer keeps groups and queues in keys of arbitrary hash
+    # slots, which a cluster node rejects with MOVED. Pub/sub uses no keys,
+    # and a cluster node forwards every PUBLISH to all nodes, so the pub/sub
+    # layer works on any nodes of the cluster, sharding channels over them.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": REDIS_CLUSTER_NODES or [REDIS_URL], "prefix": "realtime:layer"},
         }
     }
 else:
@@ -134,8 +152,9 @@ else:
 REPLAY_MAX_SKEW_MS = env_int("REPLAY_MAX_SKEW_MS", 30_000, minimum=1, maximum=3_600_000)
 # Width of the per-session sequence window, in sequence numbers.
 REPLAY_SEQ_WINDOW = env_int("REPLAY_SEQ_WINDOW", 64, minimum=1, maximum=4096)
-# Seconds a session's sequence window is kept after its last command; a
-# client can resume the session within this time.
+# Seconds a session's sequence window is kept after its last accepted
+# command. A client can resume the session, over WebSocket or HTTP, within
+# this time. Past it the token is rejected as ``session.unknown``.
 REPLAY_SESSION_TTL_S = env_int("REPLAY_SESSION_TTL_S", 86_400, minimum=60)
 # Upper bound in ms on one replay check against Redis; past it the command is
 # rejected as ``unavailable``.
@@ -143,7 +162,19 @@ REPLAY_REDIS_TIMEOUT_MS = env_int("REPLAY_REDIS_TIMEOUT_MS", 500, minimum=10, ma
 # Number of replicas that must acknowledge a recorded nonce before the check
 # passes (Redis WAIT). 0 disables the wait.
 REPLAY_REDIS_WAIT_REPLICAS = env_int("REPLAY_REDIS_WAIT_REPLICAS", 0, minimum=0, maximum=16)
+# Upper bound in ms on the wait for those acknowledgements; past it the
+# command is rejected as ``unavailable``. Must be below REPLAY_REDIS_TIMEOUT_MS.
 REPLAY_REDIS_WAIT_TIMEOUT_MS = env_int("REPLAY_REDIS_WAIT_TIMEOUT_MS", 50, minimum=1, maximum=10_000)
+if REPLAY_REDIS_WAIT_REPLICAS and REPLAY_REDIS_WAIT_TIMEOUT_MS >= REPLAY_REDIS_TIMEOUT_MS:
+    raise ImproperlyConfigured(
+        f"REPLAY_REDIS_WAIT_TIMEOUT_MS ({REPLAY_REDIS_WAIT_TIMEOUT_MS}) must be below "
+        f"REPLAY_REDIS_TIMEOUT_MS ({REPLAY_REDIS_TIMEOUT_MS}), so that a check fails on its WAIT reply "
+        "and not on the overall timeout"
+    )
+# Connections per process (per node of a cluster) that the replay store
+# opens to Redis. Checks beyond this many at once wait for a free
+# connection, within REPLAY_REDIS_TIMEOUT_MS.
+REPLAY_REDIS_MAX_CONNECTIONS = env_int("REPLAY_REDIS_MAX_CONNECTIONS", 100, minimum=1, maximum=10_000)
 # Dotted path of the replay store class. Unset: Redis when REDIS_URL is set,
 # the in-memory store otherwise.
 REPLAY_STORE = os.environ.get("REPLAY_STORE", "").strip() or None

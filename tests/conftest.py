@@ -16,7 +16,7 @@ import pytest
 
 from realtime.pki import Authority
 from tests.support.databases import TestDatabases
-from tests.support.servers import PROJECT_ROOT, RedisServer
+from tests.support.servers import PROJECT_ROOT, RedisClusterServers, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +38,21 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.client().flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(run_dir: Path) -> Iterator[RedisClusterServers]:
+    """A 3-node Redis Cluster, started once per test process by the first test that uses it."""
+    cluster = RedisClusterServers(run_dir / "cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """Seed URL of the session's Redis Cluster, every node emptied before the test."""
+    redis_cluster.flushall()
+    return redis_cluster.url
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,13 @@
-"""Contract tests that every replay store backend must pass, on a real Redis where it applies."""
+"""Contract tests that every replay store backend must pass: memory, Redis and Redis Cluster.
+
+The Redis backends run against the real redis-server and the real 3-node
+Redis Cluster that the session fixtures start.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -12,12 +17,13 @@ import redis
 from realtime.exceptions import ReplayRejected, ReplayStoreUnavailable
 from realtime.protocol import MAX_SAFE_INTEGER
 from realtime.replay import MemoryReplayStore, ReplayCheck, ReplayStore
-from realtime.replay.redis import RedisReplayStore
-from tests.support.servers import free_port
+from realtime.replay.redis import CHECK_SCRIPT, RedisReplayStore
+from tests.support.servers import RedisClusterServers, free_port
 
 SKEW = 30_000
 WINDOW = 8
 START = 1_800_000_000_000
+CHECK_SHA = hashlib.sha1(CHECK_SCRIPT.encode()).hexdigest()
 
 
 class FakeClock:
@@ -33,18 +39,29 @@ class FakeClock:
 StoreFactory = Callable[..., ReplayStore]
 
 
-@pytest.fixture(params=["memory", "redis"])
+SESSION_TTL = 3_600_000
+
+
+@pytest.fixture(params=["memory", "redis", pytest.param("cluster", marks=pytest.mark.cluster)])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """Build stores of one backend; Redis stores share the test's empty redis-server."""
+    """Build stores of one backend; Redis stores share the test's emptied redis-server or cluster."""
     stores: list[ReplayStore] = []
 
-    def factory(*, clock: Callable[[], int] | None = None, skew: int = SKEW, window: int = WINDOW) -> ReplayStore:
-        options = {"max_skew_ms": skew, "seq_window": window, "session_ttl_ms": 3_600_000, "clock": clock}
+    def factory(
+        *,
+        clock: Callable[[], int] | None = None,
+        skew: int = SKEW,
+        window: int = WINDOW,
+        session_ttl: int = SESSION_TTL,
+    ) -> ReplayStore:
+        options = {"max_skew_ms": skew, "seq_window": window, "session_ttl_ms": session_ttl, "clock": clock}
         if request.param == "memory":
             store: ReplayStore = MemoryReplayStore(**options)
+        elif request.param == "redis":
+            store = RedisReplayStore(request.getfixturevalue("redis_url"), timeout_ms=5_000, **options)
         else:
-            url = request.getfixturevalue("redis_url")
-            store = RedisReplayStore(url, timeout_ms=2000, **options)
+            url = request.getfixturevalue("redis_cluster_url")
+            store = RedisReplayStore(url, timeout_ms=5_000, cluster=True, **options)
         stores.append(store)
         return store
 
@@ -147,10 +164,38 @@ async def test_nonce_kept_until_timestamp_leaves_window(make_store: StoreFactory
     await store.check(check(ts=START + SKEW))
     clock.now = START + 2 * SKEW
     assert await rejection_code(store, check(ts=START + SKEW)) == "replay.nonce_reused"
-    if make_store.backend == "redis":  # type: ignore[attr-defined]
-        ttl = redis.Redis.from_url(store.url).pttl("rt:{alice}:n:nonce-0000000000001")  # type: ignore[attr-defined]
-        # Recorded at START with ts = START + SKEW: it lives until ts + SKEW.
-        assert 2 * SKEW - 5_000 < ttl <= 2 * SKEW + 1
+    clock.now = START + 2 * SKEW + 1
+    # ts + SKEW has passed: the nonce is forgotten, and only a fresh timestamp can carry it.
+    assert await rejection_code(store, check(ts=START + SKEW)) == "replay.timestamp_out_of_window"
+    await store.check(check(ts=clock.now))
+
+
+async def test_nonce_expiry_follows_injected_clock(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    store = make_store(clock=clock)
+    await store.check(check(ts=START - SKEW))
+    # Still live at exactly ts + SKEW with a timestamp that passes.
+    clock.now = START
+    assert await rejection_code(store, check(ts=START)) == "replay.nonce_reused"
+    clock.now = START + 1
+    await store.check(check(ts=START + 1))
+
+
+@pytest.mark.parametrize("backend", ["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
+async def test_redis_ttls_match_expiries(request: pytest.FixtureRequest, backend: str) -> None:
+    cluster = backend == "cluster"
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    store = RedisReplayStore(url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=600_000, cluster=cluster, timeout_ms=5_000)
+    admin = redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+    now = int(time.time() * 1000)
+    await store.check(session_check(1, ts=now - 10_000))
+    # The nonce key lives until ts + SKEW; the session keys for the session TTL.
+    nonce_ttl = admin.pttl("rt:{alice}:n:nonce-seq-000000000001")
+    assert SKEW - 10_000 - 5_000 < nonce_ttl <= SKEW - 10_000 + 1
+    assert 600_000 - 5_000 < admin.pttl("rt:{alice}:s:" + "S" * 22) <= 600_000
+    assert 600_000 - 5_000 < admin.pttl("rt:{alice}:b:" + "S" * 22) <= 600_000
+    await store.close()
+    admin.close()
 
 
 async def test_nonce_expires_with_real_clock(make_store: StoreFactory) -> None:
@@ -286,6 +331,32 @@ async def test_session_namespaced_per_identity(make_store: StoreFactory) -> None
     assert code == "session.unknown"
 
 
+async def test_session_expires_after_ttl(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    store = make_store(clock=clock, session_ttl=10_000)
+    await store.check(session_check(1, ts=START))
+    clock.now = START + 9_999
+    await store.check(session_check(2, create=False, ts=clock.now))
+    # Each accepted check renews the TTL from the store's clock.
+    clock.now = START + 9_999 + 10_000
+    assert await rejection_code(store, session_check(3, create=False, ts=clock.now)) == "session.unknown"
+
+
+async def test_expired_session_recreated_empty(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    store = make_store(clock=clock, session_ttl=10_000)
+    for seq in (1, 2, 3):
+        await store.check(session_check(seq, ts=START))
+    clock.now = START + 10_000
+    # The token starts a new window: nothing of the expired one is seen.
+    verdict = await store.check(session_check(2, nonce="nonce-new-session-002", ts=clock.now))
+    assert verdict.highest_seq == 2
+    await store.check(session_check(1, nonce="nonce-new-session-001", ts=clock.now))
+    assert await rejection_code(store, session_check(2, nonce="nonce-new-session-03", ts=clock.now)) == (
+        "replay.sequence_reused"
+    )
+
+
 async def test_sessions_are_independent(make_store: StoreFactory) -> None:
     store = make_store(clock=FakeClock())
     await store.check(session_check(1, session="A" * 22))
@@ -337,7 +408,7 @@ async def test_redis_unreachable_fails_closed() -> None:
 
 
 async def test_redis_check_is_one_round_trip(redis_url: str) -> None:
-    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000)
+    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, timeout_ms=5_000)
     admin = redis.Redis.from_url(redis_url)
     await store.check(check(ts=int(time.time() * 1000), nonce="nonce-warm-up-000001"))
     admin.config_resetstat()
@@ -350,7 +421,7 @@ async def test_redis_check_is_one_round_trip(redis_url: str) -> None:
     client_commands = {name for name in stats if name.startswith("cmdstat_") and "|" not in name}
     # The only other entries are commands the script ran, and admin's own INFO/CONFIG.
     assert client_commands <= {
-        "cmdstat_evalsha", "cmdstat_time", "cmdstat_exists", "cmdstat_hget", "cmdstat_getbit",
+        "cmdstat_evalsha", "cmdstat_time", "cmdstat_get", "cmdstat_hmget", "cmdstat_getbit",
         "cmdstat_set", "cmdstat_setbit", "cmdstat_hset", "cmdstat_pexpire", "cmdstat_del", "cmdstat_info",
         "cmdstat_config",
     }
@@ -359,10 +430,84 @@ async def test_redis_check_is_one_round_trip(redis_url: str) -> None:
 
 
 async def test_redis_script_reloaded_after_flush(redis_url: str) -> None:
-    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000)
+    store = RedisReplayStore(redis_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, timeout_ms=5_000)
     await store.check(check(ts=int(time.time() * 1000), nonce="nonce-before-flush-01"))
     redis.Redis.from_url(redis_url).script_flush()
     await store.check(check(ts=int(time.time() * 1000), nonce="nonce-after-flush-001"))
     with pytest.raises(ReplayRejected):
         await store.check(check(ts=int(time.time() * 1000), nonce="nonce-after-flush-001"))
+    await store.close()
+
+
+# --- Redis Cluster ----------------------------------------------------------
+
+IDENTITIES = [f"client-{index}" for index in range(12)]
+
+
+def cluster_owner(cluster: redis.RedisCluster, key: str) -> str:
+    return cluster.get_node_from_key(key).name
+
+
+@pytest.mark.cluster
+async def test_cluster_keys_of_identity_share_slot(redis_cluster_url: str) -> None:
+    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True, timeout_ms=5_000)
+    admin = redis.RedisCluster.from_url(redis_cluster_url)
+    for identity in IDENTITIES:
+        await store.check(session_check(1, identity=identity, ts=int(time.time() * 1000)))
+    owners = set()
+    for identity in IDENTITIES:
+        prefix = f"rt:{{{identity}}}:"
+        keys = [f"{prefix}n:nonce-seq-000000000001", f"{prefix}s:{'S' * 22}", f"{prefix}b:{'S' * 22}"]
+        assert admin.exists(*keys) == 3
+        assert len({admin.keyslot(key) for key in keys}) == 1
+        owners.add(cluster_owner(admin, keys[0]))
+    # The identities spread over every primary, so the contract suite above
+    # exercised each of them.
+    assert len(owners) == 3
+    await store.close()
+    admin.close()
+
+
+@pytest.mark.cluster
+async def test_cluster_script_loaded_on_every_primary(redis_cluster: RedisClusterServers, redis_cluster_url: str) -> None:
+    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True, timeout_ms=5_000)
+    for node in redis_cluster.nodes:
+        node.client().script_flush()
+    await store.load_script()
+    for node in redis_cluster.nodes:
+        assert node.client().script_exists(CHECK_SHA) == [True]
+    await store.close()
+
+
+@pytest.mark.cluster
+async def test_cluster_script_reloaded_on_one_flushed_primary(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str
+) -> None:
+    store = RedisReplayStore(redis_cluster_url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=True, timeout_ms=5_000)
+    await store.load_script()
+    flushed = redis_cluster.nodes[1].client()
+    flushed.script_flush()
+    now = int(time.time() * 1000)
+    for index, identity in enumerate(IDENTITIES):
+        await store.check(check(identity=identity, ts=now, nonce=f"nonce-flush-{index:08d}"))
+    for index, identity in enumerate(IDENTITIES):
+        assert await rejection_code(store, check(identity=identity, ts=now, nonce=f"nonce-flush-{index:08d}")) == (
+            "replay.nonce_reused"
+        )
+    assert flushed.script_exists(CHECK_SHA) == [True]
+    await store.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
+async def test_checks_beyond_pool_wait_for_connection(request: pytest.FixtureRequest, backend: str) -> None:
+    cluster = backend == "cluster"
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    # A generous timeout: the checks queue for four connections on a loaded test machine.
+    store = RedisReplayStore(
+        url, max_skew_ms=SKEW, seq_window=WINDOW, session_ttl_ms=60_000, cluster=cluster, max_connections=4, timeout_ms=10_000
+    )
+    now = int(time.time() * 1000)
+    checks = [store.check(check(identity=IDENTITIES[index % 12], ts=now, nonce=f"nonce-pool-{index:08d}")) for index in range(200)]
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    assert [result for result in results if isinstance(result, BaseException)] == []
     await store.close()

@@ -53,7 +53,7 @@ def test_production_defaults() -> None:
     assert loaded["DEBUG"] is False
     assert loaded["ALLOWED_HOSTS"] == ["api.example.com", "api2.example.com"]
     assert loaded["MTLS_PROXY_HEADERS"] == "nginx"
-    assert loaded["CHANNEL_LAYER"] == "realtime.channel_layer.ResilientRedisChannelLayer"
+    assert loaded["CHANNEL_LAYER"] == "realtime.channel_layers.RedisChannelLayer"
     assert loaded["DATABASE_ENGINE"] == "django.db.backends.postgresql"
 
 

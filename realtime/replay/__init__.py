@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import secrets
 import weakref
 from typing import Any
 
@@ -18,11 +16,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from ..exceptions import InvalidMessage
 from .base import ReplayCheck, ReplayStore, ReplayVerdict
 from .memory import MemoryReplayStore
+from .sessions import ConnectionSession, new_session_token, parse_session_token
 
 __all__ = [
+    "ConnectionSession",
     "MemoryReplayStore",
     "ReplayCheck",
     "ReplayStore",
@@ -33,8 +32,6 @@ __all__ = [
     "new_session_token",
     "parse_session_token",
 ]
-
-_SESSION_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,64}")
 
 # One store per event loop: redis-py's asyncio connections belong to the
 # loop that opened them, and tests run several loops in one process.
@@ -52,19 +49,9 @@ _SETTINGS = {
     "REPLAY_REDIS_TIMEOUT_MS",
     "REPLAY_REDIS_WAIT_REPLICAS",
     "REPLAY_REDIS_WAIT_TIMEOUT_MS",
+    "REPLAY_REDIS_MAX_CONNECTIONS",
     "REPLAY_STORE",
 }
-
-
-def new_session_token() -> str:
-    """Return a fresh, unguessable session token (128 random bits)."""
-    return secrets.token_urlsafe(16)
-
-
-def parse_session_token(value: Any, field: str = "session") -> str:
-    if not isinstance(value, str) or not _SESSION_TOKEN_RE.fullmatch(value):
-        raise InvalidMessage(f"{field} must be a session token as sent in the welcome frame")
-    return value
 
 
 def build_replay_store(**overrides: Any) -> ReplayStore:
@@ -95,6 +82,7 @@ def build_replay_store(**overrides: Any) -> ReplayStore:
         "cluster": settings.REDIS_CLUSTER,
         "wait_replicas": settings.REPLAY_REDIS_WAIT_REPLICAS,
         "wait_timeout_ms": settings.REPLAY_REDIS_WAIT_TIMEOUT_MS,
+        "max_connections": settings.REPLAY_REDIS_MAX_CONNECTIONS,
         **overrides,
     }
     return store_class(redis_url, **options)

@@ -12,11 +12,17 @@ A check decides, atomically and in this order:
 Only when all checks pass does the store record the nonce, until its
 timestamp can no longer pass check 1 (``ts + max_skew_ms``), and the
 sequence number. A rejected check records nothing.
+
+A session expires ``session_ttl_ms`` after its last accepted check, on the
+store's clock; from then on it counts as unknown. Every expiry is decided
+against the store's clock, the injectable one included, so a store gives the
+same decisions whatever the real time is.
 """
 
 from __future__ import annotations
 
 import abc
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +40,10 @@ __all__ = [
 
 # A clock returns Unix time in integer milliseconds.
 Clock = Callable[[], int]
+
+# Client names use these characters only (realtime.models.CLIENT_NAME_PATTERN).
+# Redis keys embed the identity in a hash tag, which a brace would end early.
+_IDENTITY_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +67,8 @@ class ReplayCheck:
     def __post_init__(self) -> None:
         # These guard programming errors: the protocol parsers have already
         # rejected bad network input with a typed error.
+        if not self.identity or not _IDENTITY_CHARACTERS.issuperset(self.identity):
+            raise ValueError(f"identity must be a registered client name, got {self.identity!r}")
         if (self.session is None) != (self.seq is None):
             raise ValueError("session and seq must both be given or both be None")
         if self.seq is not None and not 1 <= self.seq <= MAX_SAFE_INTEGER:

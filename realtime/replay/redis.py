@@ -10,6 +10,7 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from importlib import resources
@@ -17,18 +18,19 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import MovedError, NoScriptError, RedisError
 
 from ..exceptions import ReplayStoreUnavailable
 from .base import Clock, ReplayCheck, ReplayStore, ReplayVerdict
 
-__all__ = ["EVICTION_SAFE_POLICIES", "RedisReplayStore", "replay_key_prefix"]
+__all__ = ["CHECK_SCRIPT", "EVICTION_SAFE_POLICIES", "RedisReplayStore", "replay_key_prefix"]
 
 logger = logging.getLogger(__name__)
 
 CHECK_SCRIPT = resources.files(__package__).joinpath("check.lua").read_text()
+_CHECK_SHA = hashlib.sha1(CHECK_SCRIPT.encode()).hexdigest()
 
 # Any other maxmemory-policy may evict a recorded nonce, which lets its
 # replay through: the volatile-* policies pick exactly the keys with a TTL.
@@ -47,7 +49,13 @@ class RedisReplayStore(ReplayStore):
 
     The client is the store's own: a short socket timeout and no automatic
     retries, because redis-py's default retries would hold a command for
-    seconds and a retried check is a second attempt at an atomic decision.
+    seconds past ``timeout_ms``.
+
+    With ``wait_replicas`` set, a check is accepted only after that many
+    replicas acknowledged its writes (Redis WAIT, sent in the same round
+    trip as the script). A check whose writes were not acknowledged in
+    ``wait_timeout_ms`` raises ReplayStoreUnavailable, although its nonce
+    stays recorded on the primary.
     """
 
     def __init__(
@@ -61,29 +69,43 @@ class RedisReplayStore(ReplayStore):
         cluster: bool = False,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 50,
+        max_connections: int = 100,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(max_skew_ms=max_skew_ms, seq_window=seq_window, session_ttl_ms=session_ttl_ms)
+        if wait_replicas < 0 or timeout_ms < 1 or wait_timeout_ms < 1 or max_connections < 1:
+            raise ValueError(
+                "wait_replicas must be 0 or more, and timeout_ms, wait_timeout_ms and max_connections must be positive"
+            )
+        if wait_replicas and wait_timeout_ms >= timeout_ms:
+            raise ValueError(
+                f"wait_timeout_ms ({wait_timeout_ms}) must be below timeout_ms ({timeout_ms}), "
+                "or every unacknowledged check would time out instead of failing on its WAIT reply"
+            )
         self.url = url
         self.cluster = cluster
         self.timeout_s = timeout_ms / 1000
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._clock = clock
-        self._client: Any = self._make_client(url, cluster, self.timeout_s)
-        self._script = self._client.register_script(CHECK_SCRIPT)
+        self._client: Any = self._make_client(url, cluster, self.timeout_s, max_connections)
+        # Checks beyond max_connections wait here, within their timeout, where
+        # redis-py's pool would raise MaxConnectionsError at once.
+        self._connection_slots = asyncio.Semaphore(max_connections)
         # Network round trips made by checks; a check normally makes one.
         self.round_trips = 0
         self._last_failure_log = 0.0
         self._suppressed_failures = 0
 
     @staticmethod
-    def _make_client(url: str, cluster: bool, timeout_s: float) -> Any:
+    def _make_client(url: str, cluster: bool, timeout_s: float, max_connections: int) -> Any:
         options: dict[str, Any] = {
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
             "retry": Retry(NoBackoff(), 0),
             "decode_responses": False,
+            # Per node in a cluster.
+            "max_connections": max_connections,
         }
         if cluster:
             return RedisCluster.from_url(url, **options)
@@ -97,7 +119,7 @@ class RedisReplayStore(ReplayStore):
     async def check(self, check: ReplayCheck) -> ReplayVerdict:
         keys, args = self._keys_and_args(check)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout_s), self._connection_slots:
                 if self.wait_replicas:
                     reply = await self._run_with_wait(keys, args)
                 else:
@@ -126,6 +148,19 @@ class RedisReplayStore(ReplayStore):
             raise ReplayStoreUnavailable("replay store is unavailable") from exc
         return int(seconds) * 1000 + int(micros) // 1000
 
+    async def load_script(self) -> None:
+        """Load the check script on the server, or on every primary of a cluster.
+
+        A check that gets a NOSCRIPT reply sends the script itself with EVAL,
+        so calling this at start-up only saves the first check that extra
+        round trip.
+        """
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._load_script()
+        except _REDIS_FAILURES as exc:
+            raise ReplayStoreUnavailable("replay store is unavailable") from exc
+
     async def close(self) -> None:
         try:
             await self._client.aclose()
@@ -150,33 +185,56 @@ class RedisReplayStore(ReplayStore):
         ]
         return keys, args
 
+    async def _load_script(self) -> None:
+        self.round_trips += 1
+        # In a cluster, redis-py sends SCRIPT LOAD to every primary and
+        # raises if any of them fails.
+        sha = await self._client.script_load(CHECK_SCRIPT)
+        if isinstance(sha, bytes):
+            sha = sha.decode()
+        if sha != _CHECK_SHA:  # pragma: no cover - Redis computes the same SHA1
+            raise RedisError(f"Redis returned SHA1 {sha!r} for the check script, expected {_CHECK_SHA!r}")
+
     async def _run(self, keys: list[str], args: list[str | int]) -> Any:
         self.round_trips += 1
         try:
-            return await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
+            return await self._client.evalsha(_CHECK_SHA, len(keys), *keys, *args)
         except NoScriptError:
             # The server lost its script cache (restart, SCRIPT FLUSH,
-            # failover). NOSCRIPT means nothing ran, so loading and running
-            # again cannot apply the check twice.
-            logger.warning("replay check script missing on Redis; loading it again")
-            self.round_trips += 2
-            self._script.sha = await self._client.script_load(CHECK_SCRIPT)
-            return await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
+            # failover). NOSCRIPT means nothing ran, so running the script
+            # again cannot apply the check twice. EVAL sends the script body,
+            # and caches it, in the same command that runs it, so a flush in
+            # between cannot fail it again.
+            logger.warning("replay check script missing on Redis; sending it with EVAL")
+            self.round_trips += 1
+            return await self._client.eval(CHECK_SCRIPT, len(keys), *keys, *args)
 
     async def _run_with_wait(self, keys: list[str], args: list[str | int]) -> Any:
-        """Run the check and WAIT for replicas in one pipeline, one round trip."""
+        """Run the check and WAIT for replicas in one pipeline, one round trip.
+
+        WAIT counts the replicas that acknowledged the writes of the
+        connection it is sent on, so it must travel on the script's own
+        connection: a pipeline writes all its commands to one connection, and
+        in a cluster both commands go to the node that owns the keys' slot.
+        """
+        script: tuple[str, str] = ("EVALSHA", _CHECK_SHA)
         for attempt in range(2):
             self.round_trips += 1
+            pipe, wait_options = await self._wait_pipeline(keys[0])
+            pipe.execute_command(*script, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **wait_options)
             if self.cluster:
-                pipe = self._client.pipeline()
+                # A redirected script would run on another node than its WAIT.
+                reply, acknowledged = await pipe.execute(raise_on_error=False, allow_redirections=False)
             else:
-                pipe = self._client.pipeline(transaction=False)
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            reply, acknowledged = await pipe.execute(raise_on_error=False)
+                reply, acknowledged = await pipe.execute(raise_on_error=False)
             if isinstance(reply, NoScriptError) and attempt == 0:
-                self.round_trips += 1
-                self._script.sha = await self._client.script_load(CHECK_SCRIPT)
+                logger.warning("replay check script missing on Redis; sending it with EVAL")
+                script = ("EVAL", CHECK_SCRIPT)
+                continue
+            if isinstance(reply, MovedError) and attempt == 0:
+                # MOVED means nothing ran, so the check goes again to the slot's new owner.
+                await self._client.nodes_manager.move_slot(reply)
                 continue
             if isinstance(reply, Exception):
                 raise reply
@@ -185,9 +243,18 @@ class RedisReplayStore(ReplayStore):
             if reply[0] in (b"ok", "ok") and int(acknowledged) < self.wait_replicas:
                 # The nonce is recorded on the primary only; a failover now
                 # could forget it, so the command is not executed.
-                raise RedisError(f"only {acknowledged} of {self.wait_replicas} replicas acknowledged the nonce")
+                raise RedisError(f"only {acknowledged} of {self.wait_replicas} replicas acknowledged the check")
             return reply
-        raise RedisError("replay check script could not be loaded")  # pragma: no cover
+        raise RedisError("replay check failed twice with NOSCRIPT or MOVED")  # pragma: no cover
+
+    async def _wait_pipeline(self, key: str) -> tuple[Any, dict[str, Any]]:
+        if not self.cluster:
+            return self._client.pipeline(transaction=False), {}
+        # WAIT names no key, so redis-py would send it to the default node
+        # unless it targets the node that owns the key's slot.
+        await self._client.initialize()
+        node = self._client.get_node_from_key(key)
+        return self._client.pipeline(), {"target_nodes": node}
 
     def _log_failure(self, identity: str, exc: BaseException) -> None:
         now = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import websockets
 
-from realtime.client import client_ssl_context
+from realtime.client import client_ssl_context, new_nonce, now_ms
 
 from .databases import query
 from .servers import ServeProcess
@@ -73,10 +74,16 @@ async def open_session(connection: Any) -> dict[str, Any]:
     return welcome
 
 
-def transfer_headers(key: str | None, *, nonce: str | None = None, ts: int | None = None, **extra: str) -> dict[str, str]:
-    """Headers of a POST /api/v1/transfers/ request with a fresh nonce and the current time."""
-    from realtime.client import new_nonce, now_ms
-
+def transfer_headers(
+    key: str | None,
+    *,
+    nonce: str | None = None,
+    ts: int | None = None,
+    session: str | None = None,
+    seq: int | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """Headers of a POST /api/v1/transfers/ request; a fresh nonce and the current time unless given."""
     headers = {
         "Content-Type": "application/json",
         "X-Request-Timestamp": str(now_ms() if ts is None else ts),
@@ -84,5 +91,9 @@ def transfer_headers(key: str | None, *, nonce: str | None = None, ts: int | Non
     }
     if key is not None:
         headers["Idempotency-Key"] = key
+    if session is not None:
+        headers["X-Request-Session"] = session
+    if seq is not None:
+        headers["X-Request-Sequence"] = str(seq)
     headers.update(extra)
     return headers

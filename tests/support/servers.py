@@ -6,6 +6,7 @@ directory, on a free port, and is stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -50,7 +51,7 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 class RedisServer:
-    """A redis-server process on a free loopback port, keeping nothing on disk."""
+    """A redis-server process on a free loopback port, keeping nothing on disk unless ``extra_args`` enable persistence."""
 
     def __init__(self, directory: Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.directory = directory
@@ -99,8 +100,22 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
+            # A paused process would ignore SIGTERM until it is continued.
+            self.process.send_signal(signal.SIGCONT)
             _stop(self.process)
             self.process = None
+
+    def kill(self) -> None:
+        """Kill the process at once (SIGKILL), as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> RedisServer:
+        """Stop the server and start it again on the same port and directory."""
+        self.stop()
+        return self.start()
 
     def pause(self) -> None:
         """Freeze the process (SIGSTOP): connections stay open but no reply comes."""
@@ -111,14 +126,170 @@ class RedisServer:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
+    def info(self, section: str) -> dict:
+        with self.client() as client:
+            return client.info(section)
+
+
+class RedisReplicaPair:
+    """A primary redis-server and one replica of it, both on loopback."""
+
+    def __init__(self, directory: Path) -> None:
+        # No delay before the first sync: the default waits 5 s for more replicas.
+        self.primary = RedisServer(directory / "primary", extra_args=("--repl-diskless-sync-delay", "0"))
+        self.replica = RedisServer(
+            directory / "replica", extra_args=("--replicaof", "127.0.0.1", str(self.primary.port))
+        )
+
+    def start(self) -> RedisReplicaPair:
+        self.primary.start()
+        self.replica.start()
+        wait_for(self._linked, timeout=20, message="the replica to finish its first sync")
+        # A replica that has just synced can go a while before its first
+        # acknowledgement, so WAIT returns 0 until the primary hears one.
+        wait_for(self.replica_acknowledges, timeout=20, message="the replica to acknowledge a write")
+        return self
+
+    def _linked(self) -> bool:
+        return self.replica.info("replication").get("master_link_status") == "up" and (
+            self.primary.info("replication").get("connected_slaves") == 1
+        )
+
+    def replica_acknowledges(self) -> bool:
+        """Write on the primary and tell whether the replica acknowledged it within 100 ms."""
+        with redis.Redis(host="127.0.0.1", port=self.primary.port, socket_timeout=5, single_connection_client=True) as client:
+            client.set("probe", "1")
+            return client.execute_command("WAIT", 1, 100) >= 1
+
+    def stop(self) -> None:
+        self.replica.stop()
+        self.primary.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``primaries`` primaries, each with ``replicas`` replicas, on loopback ports.
+
+    ``redis-cli --cluster create`` assigns the slots and the replicas; each
+    node's cluster bus listens on its own free port (``cluster-port``, Redis
+    7.0 and later).
+    """
+
+    def __init__(self, directory: Path, *, primaries: int = 3, replicas: int = 0) -> None:
+        self.directory = directory
+        self.replicas = replicas
+        self.all_nodes: list[RedisServer] = []
+        for _ in range(primaries * (1 + replicas)):
+            port = free_port()
+            self.all_nodes.append(
+                RedisServer(
+                    directory,
+                    port=port,
+                    extra_args=(
+                        "--cluster-enabled", "yes",
+                        "--cluster-port", str(free_port()),
+                        "--cluster-config-file", str(directory / f"nodes-{port}.conf"),
+                        "--cluster-node-timeout", "5000",
+                        "--repl-diskless-sync-delay", "0",
+                    ),
+                )
+            )
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        """The primaries."""
+        return [node for node in self.all_nodes if self._role(node) == "master"]
+
+    @property
+    def url(self) -> str:
+        """URL of the first node, the seed that clients discover the cluster from."""
+        return self.all_nodes[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """Return the first replica of a primary."""
+        for node in self.all_nodes:
+            info = node.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                return node
+        raise LookupError(f"the primary on port {primary.port} has no replica")
+
+    def start(self) -> RedisClusterServers:
+        binary = shutil.which("redis-cli")
+        if binary is None:
+            raise RuntimeError("redis-cli is not installed; it comes with redis-server")
+        for node in self.all_nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.all_nodes]
+        subprocess.run(
+            [binary, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self._ready, timeout=30, message="every cluster node to report cluster_state:ok")
+        if self.replicas:
+            # A replica that has just synced can go a while before its first
+            # acknowledgement, so WAIT returns 0 until every primary hears one.
+            wait_for(self._replicas_acknowledge, timeout=30, message="every replica to acknowledge a write")
+        return self
+
+    def _replicas_acknowledge(self) -> bool:
+        cluster = self.client()
+        probe_keys: dict[int, str] = {}
+        for index in itertools.count():
+            if len(probe_keys) == len(self.nodes):
+                break
+            key = f"probe-{index}"
+            probe_keys.setdefault(cluster.get_node_from_key(key).port, key)
+        cluster.close()
+        for port, key in probe_keys.items():
+            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, single_connection_client=True) as client:
+                client.set(key, "1")
+                if client.execute_command("WAIT", self.replicas, 100) < self.replicas:
+                    return False
+        return True
+
+    def _role(self, node: RedisServer) -> str:
+        return str(node.info("replication").get("role"))
+
+    def _ready(self) -> bool:
+        for node in self.all_nodes:
+            with node.client() as client:
+                if client.cluster("info").get("cluster_state") != "ok":
+                    return False
+            info = node.info("replication")
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.all_nodes[0].port, socket_timeout=5)
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            with node.client() as client:
+                client.flushall()
+
+    def stop(self) -> None:
+        # Signal every node first, so that their shutdowns overlap.
+        for node in self.all_nodes:
+            if node.process is not None:
+                node.process.send_signal(signal.SIGCONT)
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.all_nodes:
+            node.stop()
+
 
 def project_env(**overrides: str | None) -> dict[str, str]:
     """Environment for a project subprocess: the test's variables minus Django's test overrides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
     env["DJANGO_SETTINGS_MODULE"] = "realtime.settings"
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop("REDIS_URL", None)
-    env.pop("REDIS_CLUSTER", None)
+    for name in ("REDIS_URL", "REDIS_CLUSTER", "REDIS_CLUSTER_NODES", "CHANNEL_LAYER_REDIS_URL"):
+        env.pop(name, None)
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)
