@@ -40,7 +40,7 @@ def test_layer_in_memory_without_redis() -> None:
 def test_layer_on_single_redis() -> None:
     layer = channel_layer(REDIS_URL="redis://127.0.0.1:1/0")
     assert layer["BACKEND"] == "realtime.channel_layers.RedisChannelLayer"
-    assert layer["CONFIG"]["hosts"] == ["redis://127.0.0.1:1/0"]
+    assert layer["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:1/0", "socket_timeout": 15}]
 
 
 def test_layer_pubsub_on_cluster_seed() -> None:
@@ -61,7 +61,7 @@ def test_layer_separate_redis_in_cluster_mode() -> None:
         REDIS_URL="redis://127.0.0.1:1/0", REDIS_CLUSTER="1", CHANNEL_LAYER_REDIS_URL="redis://127.0.0.1:9/0"
     )
     assert layer["BACKEND"] == "realtime.channel_layers.RedisChannelLayer"
-    assert layer["CONFIG"]["hosts"] == ["redis://127.0.0.1:9/0"]
+    assert layer["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:9/0", "socket_timeout": 15}]
 
 
 @pytest.mark.parametrize(
