@@ -20,13 +20,16 @@ def client_group(client_id: int) -> str:
     return f"client.{client_id}"
 
 
-async def announce_revocation(client_id: int) -> None:
-    """Tell every consumer of the client, on every worker, to close its socket."""
+async def announce_revocation(client_id: int, fingerprint: str | None = None) -> None:
+    """Tell the client's consumers, on every worker, to close their sockets.
+
+    With ``fingerprint``, only sockets that presented that certificate close.
+    """
     layer = get_channel_layer()
     if layer is None:  # pragma: no cover - settings always configure a layer
         return
-    await layer.group_send(client_group(client_id), {"type": "client.revoked"})
+    await layer.group_send(client_group(client_id), {"type": "client.revoked", "fingerprint": fingerprint})
 
 
-def announce_revocation_sync(client_id: int) -> None:
-    async_to_sync(announce_revocation)(client_id)
+def announce_revocation_sync(client_id: int, fingerprint: str | None = None) -> None:
+    async_to_sync(announce_revocation)(client_id, fingerprint)

@@ -71,21 +71,24 @@ def certificate_from_scope(scope: Scope) -> tuple[bytes, str]:
 
 
 @database_sync_to_async
-def lookup_client(fingerprint: str) -> tuple[int, str, bool] | None:
-    """Return (client id, name, active) of the certificate's client, or None."""
+def lookup_client(fingerprint: str) -> tuple[int, str, bool, bool] | None:
+    """Return (client id, name, client active, certificate revoked) for a fingerprint, or None."""
     row = (
         ClientCertificate.objects.filter(fingerprint_sha256=fingerprint)
-        .values_list("client_id", "client__name", "client__is_active")
+        .values_list("client_id", "client__name", "client__is_active", "revoked_at")
         .first()
     )
-    return row
+    if row is None:
+        return None
+    client_id, name, is_active, revoked_at = row
+    return client_id, name, is_active, revoked_at is not None
 
 
 async def identify(scope: Scope, *, now: dt.datetime | None = None) -> ClientIdentity:
     """Return the connection's active registered client.
 
     Raises IdentityRejected when the certificate is missing, unparsable,
-    outside its validity dates, not registered, or registered to a
+    outside its validity dates, not registered, revoked, or registered to a
     deactivated client. Nothing else happens for a rejected connection.
     """
     der, source = certificate_from_scope(scope)
@@ -98,7 +101,10 @@ async def identify(scope: Scope, *, now: dt.datetime | None = None) -> ClientIde
     if row is None:
         logger.warning("identity rejected: certificate %s is not registered", facts.fingerprint_prefix)
         raise IdentityRejected("certificate is not registered to any client", code="identity.client_unknown")
-    client_id, name, is_active = row
+    client_id, name, is_active, revoked = row
+    if revoked:
+        logger.warning("identity rejected: certificate %s of client %s is revoked", facts.fingerprint_prefix, name)
+        raise IdentityRejected("certificate is revoked", code="identity.certificate_revoked")
     if not is_active:
         logger.warning("identity rejected: client %s (certificate %s) is deactivated", name, facts.fingerprint_prefix)
         raise IdentityRejected("client is deactivated", code="identity.client_inactive")

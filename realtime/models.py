@@ -41,6 +41,9 @@ class ClientCertificate(models.Model):
     not_before = models.DateTimeField()
     not_after = models.DateTimeField()
     registered_at = models.DateTimeField(auto_now_add=True)
+    # Set by revoke_certificate: the certificate no longer identifies its
+    # client, while the client's other certificates still do.
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.client.name} {self.fingerprint_sha256[:16]}"

@@ -11,7 +11,7 @@ from .certificates import der_from_pem, inspect_certificate
 from .exceptions import CertificateInvalid
 from .models import Client, ClientCertificate, validate_client_name
 
-__all__ = ["RegistryError", "deactivate_client", "register_certificate"]
+__all__ = ["RegistryError", "deactivate_client", "register_certificate", "revoke_certificate"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +80,37 @@ def deactivate_client(name: str) -> tuple[Client, bool]:
         logger.error("client %s deactivated, but the channel layer is unreachable: %s", name, exc)
         return client, False
     return client, True
+
+
+def revoke_certificate(fingerprint: str) -> tuple[ClientCertificate, bool]:
+    """Revoke one certificate by its SHA-256 fingerprint, or a unique prefix of at least 16 hex digits.
+
+    Handshakes with the certificate are refused from the moment the
+    transaction commits, and its open sockets are closed through the channel
+    layer; the client's other certificates keep working. Returns the record
+    and whether the revocation reached the channel layer.
+    """
+    wanted = fingerprint.strip().lower().replace(":", "")
+    if len(wanted) < 16 or any(character not in "0123456789abcdef" for character in wanted):
+        raise RegistryError("give the certificate's SHA-256 fingerprint in hex, at least its first 16 digits")
+    with transaction.atomic():
+        matches = list(
+            ClientCertificate.objects.select_for_update().select_related("client").filter(fingerprint_sha256__startswith=wanted)[:2]
+        )
+        if not matches:
+            raise RegistryError(f"no registered certificate has a fingerprint starting with {wanted}")
+        if len(matches) > 1:
+            raise RegistryError(f"more than one certificate matches {wanted}; give more digits")
+        record = matches[0]
+        if record.revoked_at is None:
+            record.revoked_at = timezone.now()
+            record.save(update_fields=["revoked_at"])
+
+    from consumers.revocation import announce_revocation_sync
+
+    try:
+        announce_revocation_sync(record.client_id, fingerprint=record.fingerprint_sha256)
+    except Exception as exc:  # channel-layer backends raise their own error types
+        logger.error("certificate %s revoked, but the channel layer is unreachable: %s", wanted[:16], exc)
+        return record, False
+    return record, True

@@ -170,3 +170,17 @@ def test_pki_issues_expired_certificate_on_request() -> None:
 def test_register_rejects_non_client_certificates(pki: Pki, name: str, message: str) -> None:
     with pytest.raises(CommandError, match=message):
         run("register_client", "alice", str(pki.directory / name))
+
+
+@pytest.mark.django_db
+def test_revoke_certificate_command(pki: Pki) -> None:
+    run("register_client", "alice", str(pki.cert("alice")))
+    record = ClientCertificate.objects.get(client__name="alice")
+    output = run("revoke_certificate", record.fingerprint_sha256[:20].upper())
+    assert f"revoked certificate {record.fingerprint_sha256}" in output
+    record.refresh_from_db()
+    assert record.revoked_at is not None
+    with pytest.raises(CommandError, match="at least its first 16"):
+        run("revoke_certificate", "abc")
+    with pytest.raises(CommandError, match="no registered certificate"):
+        run("revoke_certificate", "0" * 64)

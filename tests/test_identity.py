@@ -13,7 +13,7 @@ from realtime.exceptions import IdentityRejected
 from realtime.identity import identify
 from realtime.models import Client, ClientCertificate
 from realtime.pki import Authority
-from realtime.registry import register_certificate
+from realtime.registry import register_certificate, revoke_certificate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -111,3 +111,14 @@ async def test_forwarded_headers_ignored_without_proxy_mode() -> None:
 
 async def _register(name: str, issued) -> None:
     await sync_to_async(register_certificate)(name, issued.certificate_pem)
+
+
+async def test_revoked_certificate_rejected_other_kept() -> None:
+    revoked = AUTHORITY.issue_client("rotating-old")
+    kept = AUTHORITY.issue_client("rotating-new")
+    await _register("rotating", revoked)
+    await _register("rotating", kept)
+    fingerprint = sha256_fingerprint(revoked.certificate.public_bytes(Encoding.DER))
+    await sync_to_async(revoke_certificate)(fingerprint)
+    assert (await rejection(scope_with(pem_of(revoked)))).code == "identity.certificate_revoked"
+    assert (await identify(scope_with(pem_of(kept)))).name == "rotating"

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from realtime.exceptions import IdentityRejected, InvalidMessage
 from realtime.models import Client
+from realtime.registry import register_certificate, revoke_certificate
 from transfers.audit import audit_ledger
 from transfers.exceptions import IdempotencyInProgress, IdempotencyKeyMismatch
 from transfers.models import Account, IdempotencyRecord, LedgerEntry, Transfer
@@ -182,3 +183,24 @@ def test_credit_beyond_maximum_balance_refused(accounts: dict[str, Account]) -> 
     assert refused.code == "transfer.balance_limit"
     with pytest.raises(InvalidAmount):
         parse_transfer({"from_account": "S-1", "to_account": "S-2", "amount": "10000000000000.00", "currency": "USD"})
+
+
+def test_revoked_certificate_refused_per_command(accounts: dict[str, Account], pki) -> None:
+    _, record, _ = register_certificate("alice", pki.cert("alice").read_bytes())
+    _, other, _ = register_certificate("alice", pki.cert("erin").read_bytes())
+    outcome = execute_transfer(
+        client_id=client_id(), key="cert-1", request=request("1.00"), channel="ws", certificate_fingerprint=record.fingerprint_sha256
+    )
+    assert outcome.status == 201
+    revoked, announced = revoke_certificate(record.fingerprint_sha256[:16])
+    assert revoked.revoked_at is not None
+    assert announced is True
+    with pytest.raises(IdentityRejected) as caught:
+        execute_transfer(
+            client_id=client_id(), key="cert-2", request=request("1.00"), channel="ws", certificate_fingerprint=record.fingerprint_sha256
+        )
+    assert caught.value.code == "identity.certificate_revoked"
+    still_valid = execute_transfer(
+        client_id=client_id(), key="cert-3", request=request("1.00"), channel="ws", certificate_fingerprint=other.fingerprint_sha256
+    )
+    assert still_valid.status == 201

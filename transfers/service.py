@@ -33,7 +33,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError, connecti
 from django.utils import timezone
 
 from realtime.exceptions import IdentityRejected
-from realtime.models import Client
+from realtime.models import Client, ClientCertificate
 from realtime.problems import problem_body
 
 from .exceptions import (
@@ -92,13 +92,21 @@ def render_transfer(transfer: Transfer) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
-def execute_transfer(*, client_id: int, key: str, request: TransferRequest, channel: str) -> TransferOutcome:
+def execute_transfer(
+    *,
+    client_id: int,
+    key: str,
+    request: TransferRequest,
+    channel: str,
+    certificate_fingerprint: str | None = None,
+) -> TransferOutcome:
     """Execute ``request`` once for (client, key), or return the response stored for it.
 
     Runs synchronously; call it from a database thread. Raises
     IdempotencyKeyMismatch, IdempotencyInProgress, IdentityRejected (the
-    client was deactivated) or DatabaseUnavailable; none of these store
-    anything against the key.
+    client was deactivated, or ``certificate_fingerprint`` names a revoked
+    certificate) or DatabaseUnavailable; none of these store anything
+    against the key.
     """
     fingerprint = request.fingerprint()
     try:
@@ -106,7 +114,7 @@ def execute_transfer(*, client_id: int, key: str, request: TransferRequest, chan
         if isinstance(claim, TransferOutcome):
             return claim
         try:
-            return _execute(claim, client_id, key, fingerprint, request, channel)
+            return _execute(claim, client_id, key, fingerprint, request, channel, certificate_fingerprint)
         except BaseException:
             _release(claim)
             raise
@@ -199,6 +207,7 @@ def _execute(
     fingerprint: str,
     request: TransferRequest,
     channel: str,
+    certificate_fingerprint: str | None,
 ) -> TransferOutcome:
     with transaction.atomic():
         record = IdempotencyRecord.objects.select_for_update().get(pk=claim.record_id)
@@ -207,6 +216,10 @@ def _execute(
         client = Client.objects.get(pk=client_id)
         if not client.is_active:
             raise IdentityRejected("client is deactivated", code="identity.client_inactive")
+        if certificate_fingerprint is not None and not ClientCertificate.objects.filter(
+            client_id=client_id, fingerprint_sha256=certificate_fingerprint, revoked_at__isnull=True
+        ).exists():
+            raise IdentityRejected("certificate is revoked", code="identity.certificate_revoked")
 
         now = timezone.now()
         transfer: Transfer | None = None
