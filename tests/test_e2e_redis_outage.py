@@ -108,3 +108,17 @@ def test_http_503_not_stored_then_retry_executes_once(deployment: Deployment, re
     assert "idempotent-replayed" not in retry.headers
     assert again.headers["idempotent-replayed"] == "true"
     assert deployment.count("transfers_transfer", "idempotency_key = %s", ("outage-http-1",)) == 1
+
+
+def test_healthz_reports_redis_refusing_writes(deployment: Deployment, redis_restored: RedisServer) -> None:
+    admin = redis_restored.client()
+    with deployment.http("alice") as client:
+        assert client.get("/healthz").status_code == 200
+        admin.config_set("maxmemory", 1)
+        try:
+            health = client.get("/healthz")
+        finally:
+            admin.config_set("maxmemory", 0)
+        assert health.status_code == 503
+        assert health.json()["replay_store"] == "unavailable"
+        assert client.get("/healthz").status_code == 200

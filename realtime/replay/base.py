@@ -22,6 +22,7 @@ same decisions whatever the real time is.
 from __future__ import annotations
 
 import abc
+import secrets
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ __all__ = [
 Clock = Callable[[], int]
 
 # Client names use these characters only (realtime.models.CLIENT_NAME_PATTERN).
+_HEALTH_IDENTITY = "_health"
+
 # Redis keys embed the identity in a hash tag, which a brace would end early.
 _IDENTITY_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
 
@@ -144,8 +147,15 @@ class ReplayStore(abc.ABC):
         """Return the store's clock, the one that checks compare timestamps with."""
 
     async def ping(self) -> None:
-        """Raise ReplayStoreUnavailable unless the store answers."""
-        await self.server_time_ms()
+        """Raise ReplayStoreUnavailable unless the store can decide and record a check.
+
+        A read alone would pass on a Redis that refuses writes (out of
+        memory, read-only replica), where every command fails. The check runs
+        under an identity no client can have, because client names start with
+        a letter or digit, so it never touches a client's nonces.
+        """
+        now = await self.server_time_ms()
+        await self.check(ReplayCheck(identity=_HEALTH_IDENTITY, ts_ms=now, nonce=secrets.token_urlsafe(16)))
 
     async def close(self) -> None:
         """Release connections; the store is not used afterwards."""
