@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 
 from ..exceptions import ReplayStoreUnavailable
 from .base import Clock, ReplayCheck, ReplayStore, ReplayVerdict
+from .pipeline import CheckPipeline
 
 __all__ = ["EVICTION_SAFE_POLICIES", "RedisReplayStore", "replay_key_prefix"]
 
@@ -72,7 +73,11 @@ class RedisReplayStore(ReplayStore):
         self._clock = clock
         self._client: Any = self._make_client(url, cluster, self.timeout_s)
         self._script = self._client.register_script(CHECK_SCRIPT)
-        # Network round trips made by checks; a check normally makes one.
+        # Checks without WAIT on a single server share writes on one
+        # connection; see pipeline.py. None: every check uses the client.
+        self._pipeline = None if cluster or wait_replicas else CheckPipeline.from_url(url, timeout_s=self.timeout_s)
+        # Network round trips that checks waited for; a check normally waits
+        # for one, which it may share with other checks in a pipeline write.
         self.round_trips = 0
         self._last_failure_log = 0.0
         self._suppressed_failures = 0
@@ -97,11 +102,16 @@ class RedisReplayStore(ReplayStore):
     async def check(self, check: ReplayCheck) -> ReplayVerdict:
         keys, args = self._keys_and_args(check)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                if self.wait_replicas:
-                    reply = await self._run_with_wait(keys, args)
-                else:
-                    reply = await self._run(keys, args)
+            if self._pipeline is not None:
+                # The pipeline bounds each check by timeout_s itself, with
+                # one timer per write instead of one per check.
+                reply = await self._run(keys, args)
+            else:
+                async with asyncio.timeout(self.timeout_s):
+                    if self.wait_replicas:
+                        reply = await self._run_with_wait(keys, args)
+                    else:
+                        reply = await self._run(keys, args)
         except _REDIS_FAILURES as exc:
             self._log_failure(check.identity, exc)
             raise ReplayStoreUnavailable("replay store is unavailable; nothing was executed") from exc
@@ -126,7 +136,14 @@ class RedisReplayStore(ReplayStore):
             raise ReplayStoreUnavailable("replay store is unavailable") from exc
         return int(seconds) * 1000 + int(micros) // 1000
 
+    @property
+    def pipeline(self) -> CheckPipeline | None:
+        """The connection that pipelines checks, or None when each check uses the client."""
+        return self._pipeline
+
     async def close(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.close()
         try:
             await self._client.aclose()
         except _REDIS_FAILURES:  # pragma: no cover - closing a dead connection
@@ -153,7 +170,7 @@ class RedisReplayStore(ReplayStore):
     async def _run(self, keys: list[str], args: list[str | int]) -> Any:
         self.round_trips += 1
         try:
-            return await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
+            return await self._evalsha(keys, args)
         except NoScriptError:
             # The server lost its script cache (restart, SCRIPT FLUSH,
             # failover). NOSCRIPT means nothing ran, so loading and running
@@ -161,7 +178,12 @@ class RedisReplayStore(ReplayStore):
             logger.warning("replay check script missing on Redis; loading it again")
             self.round_trips += 2
             self._script.sha = await self._client.script_load(CHECK_SCRIPT)
-            return await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
+            return await self._evalsha(keys, args)
+
+    async def _evalsha(self, keys: list[str], args: list[str | int]) -> Any:
+        if self._pipeline is not None:
+            return await self._pipeline.evalsha(self._script.sha, keys, args)
+        return await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
 
     async def _run_with_wait(self, keys: list[str], args: list[str | int]) -> Any:
         """Run the check and WAIT for replicas in one pipeline, one round trip."""

@@ -1,0 +1,280 @@
+"""Automatic pipelining of replay checks on one Redis connection.
+
+Checks that arrive while earlier ones wait for Redis are written together in
+one socket write at the next turn of the event loop, and their replies are
+read back from the same stream in order. Each check is still one EVALSHA of
+the check script: one atomic decision that waits for exactly one round trip,
+the one of the write it went out in. Under load, a write carries every check
+that arrived during the previous round trip, so concurrent checks share the
+cost of the system calls instead of queueing for a connection each.
+
+The pipeline fails closed. A connection error fails every check in flight and
+every check queued. A write whose replies have not all arrived within
+``timeout_s`` aborts the connection and fails every check in flight the same
+way, because after a lost reply the stream can no longer be matched to its
+requests. The next check opens a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["CheckPipeline"]
+
+# URL options the pipeline understands; any other option (TLS, timeouts in
+# the query string) makes the store use redis-py's client for every check.
+_SUPPORTED_URL_OPTIONS = frozenset({"host", "port", "path", "db", "username", "password", "connection_class"})
+
+
+class CheckPipeline:
+    """A lazily opened Redis connection that sends concurrent commands in shared writes."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        host: str = "localhost",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.host = host
+        self.port = port
+        self.path = path
+        self.db = db
+        self.username = username
+        self.password = password
+        self._connection: _RespConnection | None = None
+        self._connect_lock = asyncio.Lock()
+        # Socket writes made by connections of this pipeline, handshakes included.
+        self._writes_of_closed_connections = 0
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float) -> CheckPipeline | None:
+        """Build a pipeline for a ``redis://`` or ``unix://`` URL, or None when the URL needs redis-py's client."""
+        options = parse_url(url)
+        if not options.keys() <= _SUPPORTED_URL_OPTIONS:
+            return None
+        connection_class = options.pop("connection_class", None)
+        if connection_class is not None and connection_class is not UnixDomainSocketConnection:
+            return None
+        return cls(timeout_s=timeout_s, **options)
+
+    @property
+    def writes(self) -> int:
+        """Socket writes made so far; checks divided by writes is the average number of checks per write."""
+        current = self._connection.writes if self._connection is not None else 0
+        return self._writes_of_closed_connections + current
+
+    async def evalsha(self, sha: str, keys: list[str], args: list[str | int]) -> Any:
+        """Run one EVALSHA and return its reply; raise a RedisError subclass on failure."""
+        packed = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+        connection = self._connection
+        if connection is not None and not connection.closed:
+            # The write goes out at the next loop turn, and its deadline
+            # bounds the wait for the reply.
+            return await connection.send(packed)
+
+        # Opening the connection and the first write share one deadline.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                connection = await self._connect()
+                return await connection.send(packed)
+        except asyncio.TimeoutError as exc:
+            raise RedisTimeoutError(f"replay check timed out after {self.timeout_s * 1000:.0f} ms waiting for Redis") from exc
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+    async def _connect(self) -> _RespConnection:
+        async with self._connect_lock:
+            # Another check may have connected while this one waited for the lock.
+            if self._connection is not None and not self._connection.closed:
+                return self._connection
+            if self._connection is not None:
+                self._writes_of_closed_connections += self._connection.writes
+                self._connection = None
+
+            loop = asyncio.get_running_loop()
+            timeout_s = self.timeout_s
+            try:
+                if self.path is not None:
+                    _, connection = await loop.create_unix_connection(lambda: _RespConnection(timeout_s), self.path)
+                else:
+                    _, connection = await loop.create_connection(lambda: _RespConnection(timeout_s), self.host, self.port)
+                await self._handshake(connection)
+            except OSError as exc:
+                raise RedisConnectionError(f"cannot connect to Redis for replay checks: {exc}") from exc
+            self._connection = connection
+            return connection
+
+    async def _handshake(self, connection: _RespConnection) -> None:
+        commands: list[tuple[Any, ...]] = []
+        if self.password is not None:
+            if self.username is not None:
+                commands.append(("AUTH", self.username, self.password))
+            else:
+                commands.append(("AUTH", self.password))
+        if self.db:
+            commands.append(("SELECT", self.db))
+        try:
+            for command in commands:
+                await connection.send(hiredis.pack_command(command))
+        except ResponseError as exc:
+            connection.close()
+            raise RedisConnectionError(f"Redis rejected {command[0]} on the replay-check connection: {exc}") from exc
+
+
+class _RespConnection(asyncio.Protocol):
+    """One RESP2 stream: requests are queued, written once per loop turn, and matched to replies in order."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout_s = timeout_s
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self._transport: asyncio.Transport | None = None
+        self._queued: list[bytes] = []
+        self._queued_futures: list[asyncio.Future[Any]] = []
+        self._in_flight: deque[asyncio.Future[Any]] = deque()
+        # One [deadline, unanswered requests] pair per write, oldest first.
+        self._write_deadlines: deque[list[Any]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        # True from a read until the callers it woke have run.
+        self._holding = False
+        self.closed = False
+        self.writes = 0
+
+    # --- asyncio.Protocol ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        detail = f": {exc}" if exc is not None else ""
+        self._fail(RedisConnectionError(f"connection to Redis lost{detail}"))
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        if not self._holding:
+            # The callers woken by these replies run in the next loop turn,
+            # before _release_hold: the checks they send next share one write.
+            self._holding = True
+            self._loop.call_soon(self._release_hold)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except InvalidResponse as exc:
+                self._abort(RedisConnectionError(f"Redis sent a reply that does not parse: {exc}"))
+                return
+            if reply is False:
+                return
+            if not self._in_flight:
+                self._abort(RedisConnectionError("Redis sent a reply to no request"))
+                return
+            future = self._in_flight.popleft()
+            self._count_reply()
+            # A caller that timed out or was cancelled has stopped waiting.
+            if future.done():
+                continue
+            if isinstance(reply, ResponseError):
+                future.set_exception(_typed_error(reply))
+            else:
+                future.set_result(reply)
+
+    # --- requests --------------------------------------------------------
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """Queue one packed command for the next write and return the future of its reply."""
+        if self.closed:
+            raise RedisConnectionError("connection to Redis is closed")
+        future = self._loop.create_future()
+        self._queued.append(packed)
+        self._queued_futures.append(future)
+        if len(self._queued) > 1 or self._holding:
+            return future
+        if self._in_flight:
+            # Checks that arrive in the same loop turn go out together.
+            self._loop.call_soon(self._flush)
+        else:
+            # Nothing to share a write with: an idle connection writes at once.
+            self._flush()
+        return future
+
+    def _release_hold(self) -> None:
+        self._holding = False
+        self._flush()
+
+    def close(self) -> None:
+        self._abort(RedisConnectionError("replay-check connection closed"))
+
+    def _flush(self) -> None:
+        if self.closed or self._transport is None or not self._queued:
+            return
+        data = b"".join(self._queued)
+        futures = self._queued_futures
+        self._queued = []
+        self._queued_futures = []
+
+        self._transport.write(data)
+        self.writes += 1
+        self._in_flight.extend(futures)
+        self._write_deadlines.append([self._loop.time() + self._timeout_s, len(futures)])
+        if self._timer is None:
+            self._arm_timer()
+
+    def _count_reply(self) -> None:
+        oldest = self._write_deadlines[0]
+        oldest[1] -= 1
+        if oldest[1] == 0:
+            self._write_deadlines.popleft()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._write_deadlines:
+            self._timer = self._loop.call_at(self._write_deadlines[0][0], self._on_timeout)
+        else:
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._abort(RedisTimeoutError(f"replay checks timed out after {self._timeout_s * 1000:.0f} ms waiting for Redis"))
+
+    def _abort(self, error: Exception) -> None:
+        self._fail(error)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting = [*self._in_flight, *self._queued_futures]
+        self._in_flight.clear()
+        self._write_deadlines.clear()
+        self._queued = []
+        self._queued_futures = []
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+
+def _typed_error(reply: ResponseError) -> ResponseError:
+    message = str(reply)
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return reply
