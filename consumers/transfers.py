@@ -25,7 +25,7 @@ from realtime.protocol import parse_idempotency_key, parse_json_object, parse_no
 from realtime.replay import ReplayCheck, get_replay_store, new_session_token, parse_session_token
 from transfers.exceptions import IdempotencyInProgress
 from transfers.service import TransferOutcome, execute_transfer
-from transfers.validation import parse_transfer
+from transfers.validation import TransferRequest, parse_transfer
 
 from .revocation import client_group
 
@@ -158,10 +158,14 @@ class TransferConsumer(AsyncWebsocketConsumer):
 
         await self._check_replay(seq=seq, ts=ts, nonce=nonce, session=self.session, create=not self.session_started)
 
-        outcome = await database_sync_to_async(execute_transfer, thread_sensitive=False)(
+        outcome = await self.execute(key, request)
+        await self._send_outcome(seq, outcome)
+
+    async def execute(self, key: str, request: TransferRequest) -> TransferOutcome:
+        """Execute a transfer once per idempotency key; runs only after its replay check passed."""
+        return await database_sync_to_async(execute_transfer, thread_sensitive=False)(
             client_id=self.identity.client_id, key=key, request=request, channel="ws"
         )
-        await self._send_outcome(seq, outcome)
 
     async def _handle_resume(self, frame: dict[str, Any]) -> None:
         _reject_unknown_fields(frame, _RESUME_FIELDS)
