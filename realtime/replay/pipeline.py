@@ -1,12 +1,13 @@
 """Automatic pipelining of replay checks on one Redis connection.
 
-Checks that arrive while earlier ones wait for Redis are written together in
-one socket write at the next turn of the event loop, and their replies are
-read back from the same stream in order. Each check is still one EVALSHA of
-the check script: one atomic decision that waits for exactly one round trip,
-the one of the write it went out in. Under load, a write carries every check
-that arrived during the previous round trip, so concurrent checks share the
-cost of the system calls instead of queueing for a connection each.
+A check on an idle connection is written at once. Checks that arrive while a
+write waits for its replies are queued, and go out together in one socket
+write as soon as those replies have arrived. Replies are read back from the
+stream in order. Each check is still one EVALSHA of the check script: one
+atomic decision and one round trip, although a queued check may first wait
+for the write ahead of it. Under load a write carries every check that
+arrived during the previous round trip, so concurrent checks share the cost
+of the system calls and of Redis's event loop instead of paying it each.
 
 The pipeline fails closed. A connection error fails every check in flight and
 every check queued. A write whose replies have not all arrived within
@@ -82,8 +83,8 @@ class CheckPipeline:
         packed = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
         connection = self._connection
         if connection is not None and not connection.closed:
-            # The write goes out at the next loop turn, and its deadline
-            # bounds the wait for the reply.
+            # The deadline of the write that carries the check bounds the
+            # wait for its reply.
             return await connection.send(packed)
 
         # Opening the connection and the first write share one deadline.
@@ -138,7 +139,7 @@ class CheckPipeline:
 
 
 class _RespConnection(asyncio.Protocol):
-    """One RESP2 stream: requests are queued, written once per loop turn, and matched to replies in order."""
+    """One RESP2 stream: requests are queued, sent in shared writes, and matched to replies in order."""
 
     def __init__(self, timeout_s: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -202,14 +203,12 @@ class _RespConnection(asyncio.Protocol):
         future = self._loop.create_future()
         self._queued.append(packed)
         self._queued_futures.append(future)
-        if len(self._queued) > 1 or self._holding:
-            return future
-        if self._in_flight:
-            # Checks that arrive in the same loop turn go out together.
-            self._loop.call_soon(self._flush)
-        else:
-            # Nothing to share a write with: an idle connection writes at once.
+        if len(self._queued) == 1 and not self._holding and not self._in_flight:
+            # An idle connection writes at once: waiting could only add latency.
             self._flush()
+        # Otherwise _release_hold writes the queue when the replies to the
+        # write in flight arrive, so that under load one write carries every
+        # command sent during the previous round trip.
         return future
 
     def _release_hold(self) -> None:
