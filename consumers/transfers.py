@@ -22,7 +22,7 @@ from django.conf import settings
 from realtime.exceptions import IdentityRejected, InvalidMessage, Rejection
 from realtime.identity import ClientIdentity
 from realtime.protocol import parse_idempotency_key, parse_json_object, parse_nonce, parse_seq, parse_timestamp
-from realtime.replay import ReplayCheck, get_replay_store, new_session_token, parse_session_token
+from realtime.replay import ReplayCheck, ReplayStore, get_replay_store, new_session_token, parse_session_token
 from transfers.exceptions import IdempotencyInProgress
 from transfers.service import TransferOutcome, execute_transfer
 from transfers.validation import TransferRequest, parse_transfer
@@ -68,6 +68,7 @@ class TransferConsumer(AsyncWebsocketConsumer):
 
     identity: ClientIdentity
     session: str
+    replay_store: ReplayStore
     # True once the store holds the session, after its first accepted check.
     session_started: bool
     frames_received: int
@@ -90,7 +91,8 @@ class TransferConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(client_group(identity.client_id), self.channel_name)
         await self.accept()
         self._schedule_certificate_expiry()
-        store = get_replay_store()
+        # Looked up once per connection: the store belongs to this event loop.
+        self.replay_store = store = get_replay_store()
         await self._send_json(
             {
                 "type": "welcome",
@@ -193,7 +195,7 @@ class TransferConsumer(AsyncWebsocketConsumer):
             seq=seq,
             create_session=create,
         )
-        verdict = await get_replay_store().check(check)
+        verdict = await self.replay_store.check(check)
         if session == self.session:
             self.session_started = True
         return verdict
@@ -201,12 +203,15 @@ class TransferConsumer(AsyncWebsocketConsumer):
     # --- replies --------------------------------------------------------
 
     async def _send_outcome(self, seq: int, outcome: TransferOutcome) -> None:
-        document = outcome.document()
         if outcome.code is None:
-            await self._send_json(
-                {"type": "transfer.executed", "seq": seq, "replayed": outcome.replayed, "transfer": document}
+            # The body is the compact JSON transfer object that render_transfer
+            # wrote, so it is embedded as it is instead of parsed and encoded again.
+            replayed = "true" if outcome.replayed else "false"
+            await self.send(
+                text_data=f'{{"type":"transfer.executed","seq":{seq:d},"replayed":{replayed},"transfer":{outcome.body}}}'
             )
             return
+        document = outcome.document()
         await self._send_json(
             {
                 "type": "rejected",
