@@ -86,6 +86,32 @@ async def test_concurrent_checks_share_writes(redis_url: str) -> None:
     admin.close()
 
 
+async def test_first_checks_wait_for_connection(redis_url: str) -> None:
+    store = make_store(redis_url, timeout_ms=1000)
+
+    results = await asyncio.gather(*(store.check(nonce_check(index, "fresh")) for index in range(50)))
+
+    assert len(results) == 50
+    await store.close()
+
+
+async def test_checks_queued_behind_write_complete(redis_url: str) -> None:
+    store = make_store(redis_url, timeout_ms=1000)
+    await store.check(nonce_check(0, "warm"))
+
+    async def staggered(index: int) -> None:
+        # Spread the checks over several loop turns, so that some arrive
+        # while a write waits for its replies and some while the connection is idle.
+        for _ in range(index % 4):
+            await asyncio.sleep(0)
+        await store.check(nonce_check(index, "staggered"))
+
+    await asyncio.gather(*(staggered(index) for index in range(40)))
+
+    assert store.round_trips == 41
+    await store.close()
+
+
 async def test_pipelined_decisions_stay_atomic(redis_url: str) -> None:
     store = make_store(redis_url)
     same = ReplayCheck(identity="alice", ts_ms=now_ms(), nonce="nonce-same-in-one-write")

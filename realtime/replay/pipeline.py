@@ -151,8 +151,11 @@ class _RespConnection(asyncio.Protocol):
         self._in_flight: deque[asyncio.Future[Any]] = deque()
         # One [deadline, unanswered requests] pair per write, oldest first.
         self._write_deadlines: deque[list[Any]] = deque()
+        # Loop time at which the oldest command still queued was queued.
+        self._queued_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        # True from a read until the callers it woke have run.
+        # True from a read that woke several callers or left commands queued,
+        # until _release_hold has written the queue.
         self._holding = False
         self.closed = False
         self.writes = 0
@@ -168,11 +171,7 @@ class _RespConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        if not self._holding:
-            # The callers woken by these replies run in the next loop turn,
-            # before _release_hold: the checks they send next share one write.
-            self._holding = True
-            self._loop.call_soon(self._release_hold)
+        woken = 0
         while True:
             try:
                 reply = self._reader.gets()
@@ -180,7 +179,7 @@ class _RespConnection(asyncio.Protocol):
                 self._abort(RedisConnectionError(f"Redis sent a reply that does not parse: {exc}"))
                 return
             if reply is False:
-                return
+                break
             if not self._in_flight:
                 self._abort(RedisConnectionError("Redis sent a reply to no request"))
                 return
@@ -193,6 +192,15 @@ class _RespConnection(asyncio.Protocol):
                 future.set_exception(_typed_error(reply))
             else:
                 future.set_result(reply)
+            woken += 1
+
+        # Commands queued behind the write in flight go out now. When several
+        # callers were woken, they run in the next loop turn before
+        # _release_hold, so the commands they send next share that write. A
+        # single woken caller finds the connection idle and writes at once.
+        if (woken > 1 or self._queued) and not self._holding:
+            self._holding = True
+            self._loop.call_soon(self._release_hold)
 
     # --- requests --------------------------------------------------------
 
@@ -203,9 +211,16 @@ class _RespConnection(asyncio.Protocol):
         future = self._loop.create_future()
         self._queued.append(packed)
         self._queued_futures.append(future)
-        if len(self._queued) == 1 and not self._holding and not self._in_flight:
+        if len(self._queued) > 1:
+            return future
+        if not self._holding and not self._in_flight:
             # An idle connection writes at once: waiting could only add latency.
             self._flush()
+            return future
+
+        self._queued_since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._queued_since + self._timeout_s, self._check_deadline)
         # Otherwise _release_hold writes the queue when the replies to the
         # write in flight arrive, so that under load one write carries every
         # command sent during the previous round trip.
@@ -231,26 +246,30 @@ class _RespConnection(asyncio.Protocol):
         self._in_flight.extend(futures)
         self._write_deadlines.append([self._loop.time() + self._timeout_s, len(futures)])
         if self._timer is None:
-            self._arm_timer()
+            self._timer = self._loop.call_at(self._write_deadlines[0][0], self._check_deadline)
 
     def _count_reply(self) -> None:
         oldest = self._write_deadlines[0]
         oldest[1] -= 1
         if oldest[1] == 0:
             self._write_deadlines.popleft()
-            if self._timer is not None:
-                self._timer.cancel()
-            self._arm_timer()
 
-    def _arm_timer(self) -> None:
-        if self._write_deadlines:
-            self._timer = self._loop.call_at(self._write_deadlines[0][0], self._on_timeout)
-        else:
-            self._timer = None
-
-    def _on_timeout(self) -> None:
+    def _check_deadline(self) -> None:
+        # One timer watches the oldest write and the oldest queued command,
+        # and re-arms itself, instead of one timer set and cancelled per write.
         self._timer = None
-        self._abort(RedisTimeoutError(f"replay checks timed out after {self._timeout_s * 1000:.0f} ms waiting for Redis"))
+        deadlines = []
+        if self._write_deadlines:
+            deadlines.append(self._write_deadlines[0][0])
+        if self._queued:
+            deadlines.append(self._queued_since + self._timeout_s)
+        if not deadlines:
+            return
+        deadline = min(deadlines)
+        if self._loop.time() >= deadline:
+            self._abort(RedisTimeoutError(f"replay checks timed out after {self._timeout_s * 1000:.0f} ms waiting for Redis"))
+            return
+        self._timer = self._loop.call_at(deadline, self._check_deadline)
 
     def _abort(self, error: Exception) -> None:
         self._fail(error)
