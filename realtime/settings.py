@@ -108,11 +108,21 @@ CHANNEL_LAYER_REDIS_URL = os.environ.get("CHANNEL_LAYER_REDIS_URL", "").strip() 
 if REDIS_CLUSTER and not REDIS_URL:
     raise ImproperlyConfigured("REDIS_CLUSTER=1 needs REDIS_URL to name a seed node of the cluster")
 
+# RedisChannelLayer waits for a consumer's messages with BZPOPMIN for up to
+# 5 seconds (brpop_timeout in channels-redis 4.3), and redis-py 8 abandons a
+# read after its default socket timeout, also 5 seconds. The read then fails
+# with TimeoutError and the consumer closes its socket with 1011, so an idle
+# client was disconnected within seconds. The layer's connections wait longer.
+CHANNEL_LAYER_SOCKET_TIMEOUT_S = 15
+
 if CHANNEL_LAYER_REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "prefix": "realtime:layer"},
+            "CONFIG": {
+                "hosts": [{"address": CHANNEL_LAYER_REDIS_URL, "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT_S}],
+                "prefix": "realtime:layer",
+            },
         }
     }
 else:
