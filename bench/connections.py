@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
+from websockets.protocol import State
 
 from realtime.client import client_ssl_context
 
@@ -54,7 +55,11 @@ class IdleLevel:
 
 
 def _client_process(port: int, files: tuple[str, str, str], control: Connection) -> None:
-    """Hold sockets in a child process: each message on ``control`` is a new total to hold, None ends it."""
+    """Keep sockets open in a child process, as ``control`` messages say.
+
+    An integer is the new number of sockets to keep open, "count" asks for
+    the number still open, and None closes them all and ends the process.
+    """
     asyncio.run(_hold_sockets(port, files, control))
 
 
@@ -80,6 +85,9 @@ async def _hold_sockets(port: int, files: tuple[str, str, str], control: Connect
             target = await loop.run_in_executor(None, control.recv)
             if target is None:
                 break
+            if target == "count":
+                control.send({"open": sum(1 for connection in sockets if connection.state is State.OPEN)})
+                continue
             try:
                 opened = await asyncio.gather(*(open_one() for _ in range(target - len(sockets))))
             except Exception as exc:  # reported to the parent, which raises it
@@ -123,6 +131,7 @@ def measure_idle_sockets(port: int, server_pid: int, files: tuple[Path, Path, Pa
             opened = time.perf_counter() - started
             time.sleep(_SETTLE_S)
             rss = rss_kib(server_pid)
+            _require_open(pipes, level)
             results.append(IdleLevel(level, rss, (rss - baseline) / level, opened))
     finally:
         for pipe in pipes:
@@ -135,6 +144,15 @@ def measure_idle_sockets(port: int, server_pid: int, files: tuple[Path, Path, Pa
             if child.is_alive():
                 child.terminate()
     return {"baseline_rss_kib": baseline, "levels": [level.as_dict() for level in results]}
+
+
+def _require_open(pipes: list[Connection], expected: int) -> None:
+    """Raise unless the client processes still have ``expected`` sockets open, after the RSS was read."""
+    for pipe in pipes:
+        pipe.send("count")
+    still_open = sum(pipe.recv()["open"] for pipe in pipes)
+    if still_open != expected:
+        raise RuntimeError(f"{expected - still_open} of {expected} idle sockets were closed by the server; see its log")
 
 
 async def _warm_up(port: int, files: tuple[str, str, str]) -> None:
