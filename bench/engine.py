@@ -65,8 +65,16 @@ class RoundTrips:
         }
 
 
-def redis_store(url: str) -> RedisReplayStore:
-    return RedisReplayStore(url, timeout_ms=500, **_STORE_OPTIONS)
+def redis_store(url: str, *, pipelined: bool = True) -> RedisReplayStore:
+    """Build the product's Redis store; ``pipelined=False`` sends each check through redis-py's client.
+
+    The unpipelined store is the path that Redis Cluster, WAIT for replicas
+    and TLS URLs take.
+    """
+    store = RedisReplayStore(url, timeout_ms=500, **_STORE_OPTIONS)
+    if not pipelined:
+        store._pipeline = None
+    return store
 
 
 def memory_store() -> MemoryReplayStore:

@@ -11,9 +11,9 @@ __all__ = ["PROFILES", "Profile"]
 class Profile:
     """Sizes of one benchmark run.
 
-    ``rounds`` alternates product and baseline measurements that many times
-    and reports the median rate, so load that other processes put on the
-    machine in one moment weighs on both sides of a ratio.
+    ``rounds`` alternates product and baseline measurements that many times.
+    A ratio is the median of the rounds' ratios, so load that other
+    processes put on the machine in one moment weighs on both sides of it.
     """
 
     name: str
@@ -32,9 +32,9 @@ class Profile:
 PROFILES = {
     "full": Profile(
         name="full",
-        duration_s=4.0,
-        warmup_s=1.0,
-        rounds=3,
+        duration_s=3.0,
+        warmup_s=0.5,
+        rounds=5,
         engine_concurrency=(1, 10, 50),
         client_concurrency=(1, 8, 32),
         idle_sockets=(1000, 5000),
@@ -42,9 +42,9 @@ PROFILES = {
     ),
     "quick": Profile(
         name="quick",
-        duration_s=1.5,
+        duration_s=1.0,
         warmup_s=0.3,
-        rounds=1,
+        rounds=2,
         engine_concurrency=(1, 50),
         client_concurrency=(1, 32),
         idle_sockets=(250, 1000),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ IDLE_TARGET_RSS_KIB = 1024 * 1024
 ENGINE_SERIES = {
     "redis_benchmark_eval": "redis-benchmark EVAL SET NX PX (floor)",
     "redis_store": "RedisReplayStore (product)",
+    "redis_store_unpipelined": "RedisReplayStore, redis-py per check",
     "memory_store": "MemoryReplayStore (product, one process)",
 }
 WEBSOCKET_SERIES = {
@@ -49,17 +51,37 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3)
 
 
+def _paired_ratio(section: dict[str, Any], product: str, baseline: str, level: str) -> float | None:
+    """Return the median of the per-round ratios when both series ran in alternating rounds.
+
+    Each round measures product and baseline within seconds of each other,
+    so a round's ratio cancels most of the load other processes add, which
+    drifts over minutes.
+    """
+    product_figure = section.get(product, {}).get(level)
+    baseline_figure = section.get(baseline, {}).get(level)
+    if product_figure is None or baseline_figure is None:
+        return None
+    product_rounds = product_figure.get("round_rates", [])
+    baseline_rounds = baseline_figure.get("round_rates", [])
+    if len(product_rounds) > 1 and len(product_rounds) == len(baseline_rounds):
+        return round(statistics.median(mine / theirs for mine, theirs in zip(product_rounds, baseline_rounds)), 3)
+    return _ratio(product_figure["rate"], baseline_figure["rate"])
+
+
 def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
     """Compute every product/baseline ratio of a run; higher is better, except rss_per_socket_kib."""
     ratios: dict[str, float | None] = {}
     engine = results.get("engine", {})
     for level in engine.get("redis_store", {}):
-        ratios[f"engine_{level}"] = _ratio(_rate(engine, "redis_store", level), _rate(engine, "redis_benchmark_eval", level))
+        floor = _rate(engine, "redis_benchmark_eval", level)
+        ratios[f"engine_{level}"] = _paired_ratio(engine, "redis_store", "redis_benchmark_eval", level)
+        ratios[f"engine_unpipelined_{level}"] = _ratio(_rate(engine, "redis_store_unpipelined", level), floor)
 
     websocket = results.get("websocket", {})
     for level in websocket.get("echo", {}):
         echo = _rate(websocket, "echo", level)
-        ratios[f"ws_replay_vs_echo_{level}"] = _ratio(_rate(websocket, "replay", level), echo)
+        ratios[f"ws_replay_vs_echo_{level}"] = _paired_ratio(websocket, "replay", "echo", level)
         for database in ("sqlite", "postgres"):
             ratios[f"ws_ledger_{database}_vs_echo_{level}"] = _ratio(_rate(websocket, f"ledger_{database}", level), echo)
 
@@ -67,7 +89,7 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
     levels = list(http.get("bare", {}))
     for level in levels:
         bare = _rate(http, "bare", level)
-        ratios[f"http_replay_vs_bare_{level}"] = _ratio(_rate(http, "replay", level), bare)
+        ratios[f"http_replay_vs_bare_{level}"] = _paired_ratio(http, "replay", "bare", level)
         for database in ("sqlite", "postgres"):
             ratios[f"http_ledger_{database}_vs_bare_{level}"] = _ratio(_rate(http, f"ledger_{database}", level), bare)
     if levels:
@@ -106,13 +128,21 @@ def _row(name: str, level: str, figure: dict[str, Any], ratio: float | None) -> 
     return f"  {name:<42} {level:>4} {figure['rate']:>11,.0f} {p50:>9} {p99:>9} {shown_ratio:>7}  {cpu}"
 
 
+def _engine_ratio(ratios: dict[str, Any], series: str, level: str) -> float | None:
+    if series == "redis_store":
+        return ratios.get(f"engine_{level}")
+    if series == "redis_store_unpipelined":
+        return ratios.get(f"engine_unpipelined_{level}")
+    return None
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Render every figure of a run as a plain-text table."""
     ratios = results.get("ratios", {})
     header = f"  {'':<42} {'conc':>4} {'per second':>11} {'p50 ms':>9} {'p99 ms':>9} {'ratio':>7}  CPU us per operation"
     lines = [f"Benchmark profile {results['profile']!r}, {results['machine']['cores']} cores, {results['machine']['cpu_model']}"]
     sections = (
-        ("Replay engine (checks)", "engine", ENGINE_SERIES, lambda series, level: ratios.get(f"engine_{level}") if series == "redis_store" else None),
+        ("Replay engine (checks)", "engine", ENGINE_SERIES, lambda series, level: _engine_ratio(ratios, series, level)),
         ("WebSocket (commands)", "websocket", WEBSOCKET_SERIES, lambda series, level: ratios.get(f"ws_{series}_vs_echo_{level}") if series != "echo" else None),
         ("HTTP (requests)", "http", HTTP_SERIES, lambda series, level: ratios.get(f"http_{series}_vs_bare_{level}") if series != "bare" else None),
     )

@@ -88,8 +88,9 @@ async def _alternate(
 async def _run_engine(services: BenchServices, profile: Profile) -> dict[str, Any]:
     admin = redis.Redis(host="127.0.0.1", port=services.redis.port, socket_timeout=10)
     store = engine.redis_store(services.redis.url)
+    unpipelined = engine.redis_store(services.redis.url, pipelined=False)
     memory = engine.memory_store()
-    section: dict[str, Any] = {"redis_benchmark_eval": {}, "redis_store": {}, "memory_store": {}}
+    section: dict[str, Any] = {"redis_benchmark_eval": {}, "redis_store": {}, "redis_store_unpipelined": {}, "memory_store": {}}
     checks = 0
     calls: dict[str, int] = {}
     options = {"warmup_s": profile.warmup_s, "duration_s": profile.duration_s}
@@ -112,6 +113,7 @@ async def _run_engine(services: BenchServices, profile: Profile) -> dict[str, An
         # The first check loads the script into Redis (NOSCRIPT, then SCRIPT
         # LOAD); counted figures start after it.
         await engine.warm_up(store)
+        await engine.warm_up(unpipelined)
         before = engine.counters(store)
         for concurrency in profile.engine_concurrency:
             level = _level(concurrency)
@@ -124,12 +126,15 @@ async def _run_engine(services: BenchServices, profile: Profile) -> dict[str, An
             )
             for name, sample in pair.items():
                 section[name][level] = sample.as_dict()
+            sample, _ = await engine.measure_store(unpipelined, concurrency, cpu_pids=cpu_pids, **options)
+            section["redis_store_unpipelined"][level] = sample.as_dict()
             sample, _ = await engine.measure_store(memory, concurrency, cpu_pids={"benchmark": os.getpid()}, **options)
             section["memory_store"][level] = sample.as_dict()
             print(f"  engine {level}: done", file=sys.stderr, flush=True)
         section["round_trips"] = engine.round_trips(store, checks, calls, before).as_dict()
     finally:
         await store.close()
+        await unpipelined.close()
         admin.close()
     return section
 
@@ -258,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "engine" in sections:
             results["engine"] = asyncio.run(_run_engine(services, profile))
+            # Millions of nonces from the engine section would otherwise
+            # expire, at Redis's CPU cost, during the next sections.
+            services.redis.client().flushall()
         if sections & {"websocket", "http"}:
             _run_servers(services, profile, sections, results)
         if "connections" in sections:
