@@ -55,7 +55,7 @@ class IdleLevel:
 
 
 def _client_process(port: int, files: tuple[str, str, str], control: Connection) -> None:
-    """Keep sockets open in a child process, as ``control`` messages say.
+    """Keep sockets open in a child process, as the messages on ``control`` request.
 
     An integer is the new number of sockets to keep open, "count" asks for
     the number still open, and None closes them all and ends the process.

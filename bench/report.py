@@ -93,7 +93,8 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
         for database in ("sqlite", "postgres"):
             ratios[f"http_ledger_{database}_vs_bare_{level}"] = _ratio(_rate(http, f"ledger_{database}", level), bare)
     if levels:
-        # The headline HTTP ratio is at the highest concurrency, where the server is saturated.
+        # The headline HTTP ratio is the one at the highest concurrency, which
+        # measures throughput rather than the latency of one request at a time.
         ratios["http_replay_vs_bare"] = ratios[f"http_replay_vs_bare_{levels[-1]}"]
 
     idle = results.get("connections", {}).get("levels", [])
@@ -141,6 +142,7 @@ def format_table(results: dict[str, Any]) -> str:
     ratios = results.get("ratios", {})
     header = f"  {'':<42} {'conc':>4} {'per second':>11} {'p50 ms':>9} {'p99 ms':>9} {'ratio':>7}  CPU us per operation"
     lines = [f"Benchmark profile {results['profile']!r}, {results['machine']['cores']} cores, {results['machine']['cpu_model']}"]
+
     sections = (
         ("Replay engine (checks)", "engine", ENGINE_SERIES, lambda series, level: _engine_ratio(ratios, series, level)),
         ("WebSocket (commands)", "websocket", WEBSOCKET_SERIES, lambda series, level: ratios.get(f"ws_{series}_vs_echo_{level}") if series != "echo" else None),
@@ -154,6 +156,7 @@ def format_table(results: dict[str, Any]) -> str:
         for series, label in names.items():
             for level, figure in section.get(series, {}).items():
                 lines.append(_row(label, level, figure, ratio_of(series, level)))
+
     engine = results.get("engine", {})
     if "round_trips" in engine:
         trips = engine["round_trips"]
@@ -163,6 +166,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"EVALSHA per check: {trips['evalsha_per_check']:.3f} (INFO commandstats), "
             f"checks per socket write: {trips['checks_per_socket_write'] or 0:.1f}",
         ]
+
     idle = results.get("connections")
     if idle:
         lines += ["", f"Idle authenticated sockets (server RSS with none open: {idle['baseline_rss_kib'] / 1024:.0f} MiB)"]
@@ -171,6 +175,7 @@ def format_table(results: dict[str, Any]) -> str:
                 f"  {level['sockets']:>6} sockets: RSS {level['rss_mib']:>7.1f} MiB, "
                 f"{level['kib_per_socket']:.1f} KiB per socket, opened in {level['open_seconds']:.1f} s"
             )
+
     targets = results.get("targets", {})
     if targets:
         lines += ["", "Targets"]
@@ -217,7 +222,8 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
         if levels:
             axis.set_xticks(sorted(levels), [str(level) for level in sorted(levels)])
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
+        if levels:
+            axis.legend(fontsize=8)
     machine = results["machine"]
     figure.suptitle(
         f"python -m bench ({results['profile']}), {machine['cores']} cores, {machine['cpu_model']}; "

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="reduced run, under two minutes")
     size.add_argument("--tiny", action="store_true", help="every path once with tiny sizes (for the smoke test)")
+
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -50,6 +50,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "postgres://postgres@127.0.0.1:5432)",
     )
     parser.add_argument("--skip-postgres", action="store_true", help="measure the ledger on SQLite only")
+
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "results.json", help="JSON file to write")
     parser.add_argument("--chart", type=Path, default=BENCH_DIR / "throughput.png", help="PNG chart to write")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
@@ -59,6 +60,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=BENCH_DIR / "out",
         help="directory for the run's databases, certificates and server logs (default bench/out)",
     )
+
     args = parser.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
@@ -212,7 +214,8 @@ def _run_servers(services: BenchServices, profile: Profile, sections: set[str], 
 
 
 def _run_connections(services: BenchServices, profile: Profile) -> dict[str, Any]:
-    # A fresh process, so that the figures hold idle sockets only.
+    # A fresh server process, so that its RSS carries nothing from the
+    # WebSocket and HTTP figures.
     server = services.serve("sqlite", name="serve-idle")
     try:
         assert server.process is not None and server.port is not None
@@ -273,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         services.close()
 
-    results["elapsed_s"] = round(time.monotonic() - meter._wall, 1)
     results["load"] = meter.report()
+    results["elapsed_s"] = results["load"]["wall_seconds"]
     results["ratios"] = compute_ratios(results)
     results["targets"] = evaluate_targets(results)
     args.results.parent.mkdir(parents=True, exist_ok=True)
