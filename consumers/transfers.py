@@ -17,6 +17,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.exceptions import DenyConnection
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.conf import settings
 
 from realtime.exceptions import IdentityRejected, InvalidMessage, Rejection
@@ -105,6 +106,21 @@ class TransferConsumer(AsyncWebsocketConsumer):
             }
         )
         logger.info("connected client=%s cert=%s session=%s", identity.name, identity.fingerprint_prefix, self.session[:8])
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Run the handler of one message, without Channels' per-message close_old_connections.
+
+        Channels' ``dispatch`` first runs ``close_old_connections`` through
+        ``sync_to_async``, on the one thread that runs thread-sensitive calls,
+        so every frame of every socket in the process waited for a hop to that
+        thread and back. This consumer touches the database only through
+        ``database_sync_to_async``, which closes the old connections of its
+        own thread before and after each call, so the hop closed nothing.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']!r}")
+        await handler(message)
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "_expiry_timer", None) is not None:
