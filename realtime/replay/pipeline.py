@@ -8,6 +8,9 @@ atomic decision and one round trip, although a queued check may first wait
 for the write ahead of it. Under load a write carries every check that
 arrived during the previous round trip, so concurrent checks share the cost
 of the system calls and of Redis's event loop instead of paying it each.
+Replies wake at most eight callers per turn of the event loop, so that Redis
+already runs the next checks of the first callers while this process wakes
+the others.
 
 The pipeline fails closed. A connection error fails every check in flight and
 every check queued. A write whose replies have not all arrived within
@@ -29,6 +32,11 @@ from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["CheckPipeline"]
+
+# Replies resolved per loop turn. A larger batch of replies is resolved over
+# several turns, so that Redis runs the next commands of the first callers
+# while this process wakes the others, instead of each waiting for the other.
+_WAKEUPS_PER_TURN = 8
 
 # URL options the pipeline understands; any other option (TLS, timeouts in
 # the query string) makes the store use redis-py's client for every check.
@@ -171,8 +179,13 @@ class _RespConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        self._resolve_replies()
+
+    def _resolve_replies(self) -> None:
+        if self.closed:
+            return
         woken = 0
-        while True:
+        while woken < _WAKEUPS_PER_TURN:
             try:
                 reply = self._reader.gets()
             except InvalidResponse as exc:
@@ -201,6 +214,11 @@ class _RespConnection(asyncio.Protocol):
         if (woken > 1 or self._queued) and not self._holding:
             self._holding = True
             self._loop.call_soon(self._release_hold)
+        if woken == _WAKEUPS_PER_TURN:
+            # The rest of the replies wait for the next turn, after the
+            # commands of the callers woken now have gone out, so that Redis
+            # works on those while this process resolves the rest.
+            self._loop.call_soon(self._resolve_replies)
 
     # --- requests --------------------------------------------------------
 
