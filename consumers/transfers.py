@@ -16,18 +16,20 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.exceptions import DenyConnection
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.conf import settings
-from redis.exceptions import RedisError
+from django.db import DatabaseError
 
 from realtime.exceptions import IdentityRejected, InvalidMessage, Rejection
 from realtime.identity import ClientIdentity
-from realtime.models import Client
+from realtime.models import ClientCertificate
 from realtime.protocol import parse_idempotency_key, parse_json_object, parse_nonce, parse_seq, parse_timestamp
 from realtime.replay import ConnectionSession, get_replay_store, parse_session_token
 from transfers.exceptions import IdempotencyInProgress
@@ -59,8 +61,8 @@ CLOSE_CODES = {
 _TRANSFER_FIELDS = {"type", "seq", "ts", "nonce", "idempotency_key", "transfer"}
 _RESUME_FIELDS = {"type", "session", "seq", "ts", "nonce"}
 
-# Refuse to schedule a timer further out than this; call_later takes any
-# float, but a far-future certificate needs no timer on a short connection.
+# The expiry timer covers certificates that expire within this time; the
+# periodic identity check closes sockets whose certificates expire later.
 _MAX_TIMER_S = 7 * 86_400
 
 
@@ -146,16 +148,18 @@ class TransferConsumer(AsyncWebsocketConsumer):
         self.session = ConnectionSession(store, identity.name)
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
         await self._join_revocation_group()
         # A deactivation that committed after the middleware's identity check
         # announced itself before this socket joined the group, so the client
         # is looked up again now that revocations reach it.
-        if not await _client_is_active(identity.client_id):
-            logger.info("handshake rejected: client %s deactivated during the handshake", identity.name)
+        if not await _certificate_still_valid(identity):
+            logger.info("handshake rejected: client %s or its certificate revoked during the handshake", identity.name)
             raise DenyConnection
         await self.accept()
         self._schedule_certificate_expiry()
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_identity())
         await self._send_json(
             {
                 "type": "welcome",
@@ -171,9 +175,26 @@ class TransferConsumer(AsyncWebsocketConsumer):
             "connected client=%s cert=%s session=%s", identity.name, identity.fingerprint_prefix, self._session_id()
         )
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Run the handler of one message, without Channels' per-message close_old_connections.
+
+        Channels' ``dispatch`` first runs ``close_old_connections`` through
+        ``sync_to_async``, on the one thread that runs thread-sensitive calls,
+        so every frame of every socket in the process waited for a hop to that
+        thread and back. This consumer touches the database only through
+        ``database_sync_to_async``, which closes the old connections of its
+        own thread before and after each call, so the hop closed nothing.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']!r}")
+        await handler(message)
+
     async def disconnect(self, code: int) -> None:
         if getattr(self, "_expiry_timer", None) is not None:
             self._expiry_timer.cancel()
+        if getattr(self, "_watch_task", None) is not None:
+            self._watch_task.cancel()
         if hasattr(self, "identity"):
             try:
                 await self.channel_layer.group_discard(client_group(self.identity.client_id), self.channel_name)
@@ -215,8 +236,15 @@ class TransferConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_INTERNAL_ERROR)
 
     async def client_revoked(self, event: dict[str, Any]) -> None:
-        """Run when ``deactivate_client`` announces this client's revocation on the channel layer."""
-        logger.info("closing connection of deactivated client=%s session=%s", self.identity.name, self._session_id())
+        """Run when ``deactivate_client`` or ``revoke_certificate`` announces a revocation on the channel layer.
+
+        A certificate's revocation names its fingerprint and closes only the
+        sockets that presented that certificate.
+        """
+        fingerprint = event.get("fingerprint")
+        if fingerprint is not None and fingerprint != self.identity.fingerprint_sha256:
+            return
+        logger.info("closing connection of revoked client=%s session=%s", self.identity.name, self._session_id())
         await self.close(code=CLOSE_CLIENT_DEACTIVATED)
 
     async def _join_revocation_group(self) -> None:
@@ -237,10 +265,18 @@ class TransferConsumer(AsyncWebsocketConsumer):
     async def _handle_transfer(self, frame: TransferFrame) -> None:
         await self.session.check_command(seq=frame.seq, ts_ms=frame.ts, nonce=frame.nonce)
 
-        outcome = await database_sync_to_async(execute_transfer, thread_sensitive=False)(
-            client_id=self.identity.client_id, key=frame.idempotency_key, request=frame.transfer, channel="ws"
-        )
+        outcome = await self.execute(frame.idempotency_key, frame.transfer)
         await self._send_outcome(frame.seq, outcome)
+
+    async def execute(self, key: str, request: TransferRequest) -> TransferOutcome:
+        """Execute a transfer once per idempotency key; runs only after its replay check passed."""
+        return await database_sync_to_async(execute_transfer, thread_sensitive=False)(
+            client_id=self.identity.client_id,
+            key=key,
+            request=request,
+            channel="ws",
+            certificate_fingerprint=self.identity.fingerprint_sha256,
+        )
 
     async def _handle_resume(self, frame: ResumeFrame) -> None:
         verdict = await self.session.resume(token=frame.session, seq=frame.seq, ts_ms=frame.ts, nonce=frame.nonce)
@@ -252,12 +288,15 @@ class TransferConsumer(AsyncWebsocketConsumer):
     # --- replies --------------------------------------------------------
 
     async def _send_outcome(self, seq: int, outcome: TransferOutcome) -> None:
-        document = outcome.document()
         if outcome.code is None:
-            await self._send_json(
-                {"type": "transfer.executed", "seq": seq, "replayed": outcome.replayed, "transfer": document}
+            # The body is the compact JSON transfer object that render_transfer
+            # wrote, so it is embedded as it is instead of parsed and encoded again.
+            replayed = "true" if outcome.replayed else "false"
+            await self.send(
+                text_data=f'{{"type":"transfer.executed","seq":{seq:d},"replayed":{replayed},"transfer":{outcome.body}}}'
             )
             return
+        document = outcome.document()
         await self._send_json(
             {
                 "type": "rejected",
@@ -289,7 +328,36 @@ class TransferConsumer(AsyncWebsocketConsumer):
         """Return the session token's first 8 characters, enough to follow a session in logs."""
         return self.session.token[:8]
 
-    # --- certificate expiry ---------------------------------------------
+    # --- certificate expiry and periodic identity check ------------------
+
+    async def _watch_identity(self) -> None:
+        """Check the identity again every REVOCATION_RECHECK_S while the socket is open.
+
+        This backs up the channel layer: a revocation sent while Redis was
+        down, or to groups that Redis lost on a restart, never reaches the
+        socket. Each round re-joins the revocation group and closes the socket
+        when the client or its certificate has been revoked, or the
+        certificate has expired (the expiry timer covers only the next week).
+        """
+        interval = settings.REVOCATION_RECHECK_S
+        if interval <= 0:
+            return
+        while True:
+            # Jitter spreads the checks of sockets opened together.
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            if dt.datetime.now(dt.timezone.utc) >= self.identity.not_after:
+                await self._close_expired()
+                return
+            await self._join_revocation_group()
+            try:
+                valid = await _certificate_still_valid(self.identity)
+            except DatabaseError as exc:
+                logger.warning("periodic identity check failed (client=%s): %s", self.identity.name, exc)
+                continue
+            if not valid:
+                logger.info("closing connection: client or certificate revoked (client=%s session=%s)", self.identity.name, self._session_id())
+                await self.close(code=CLOSE_CLIENT_DEACTIVATED)
+                return
 
     def _schedule_certificate_expiry(self) -> None:
         remaining = (self.identity.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
@@ -308,8 +376,14 @@ class TransferConsumer(AsyncWebsocketConsumer):
 
 
 @database_sync_to_async
-def _client_is_active(client_id: int) -> bool:
-    return Client.objects.filter(pk=client_id, is_active=True).exists()
+def _certificate_still_valid(identity: ClientIdentity) -> bool:
+    """Tell whether the client is active and the certificate it presented is not revoked."""
+    return ClientCertificate.objects.filter(
+        client_id=identity.client_id,
+        fingerprint_sha256=identity.fingerprint_sha256,
+        revoked_at__isnull=True,
+        client__is_active=True,
+    ).exists()
 
 
 def _readable_seq(frame: dict[str, Any]) -> int | None:

@@ -189,6 +189,9 @@ WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024, 
 WS_MAX_LIFETIME_S = env_int("WS_MAX_LIFETIME_S", 86_400, minimum=-1)
 if 0 <= WS_MAX_LIFETIME_S < 60:
     raise ImproperlyConfigured(f"WS_MAX_LIFETIME_S must be -1 or at least 60, got {WS_MAX_LIFETIME_S}")
+# Seconds between an open socket's checks of its client and certificate in
+# the database, the backstop when a revocation message is lost. 0 disables.
+REVOCATION_RECHECK_S = env_int("REVOCATION_RECHECK_S", 30, minimum=0, maximum=3600)
 # Origins allowed to open WebSockets. Browsers send client certificates on
 # their own, so any handshake with an Origin header not listed is refused.
 WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS")

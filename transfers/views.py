@@ -30,9 +30,9 @@ from realtime.replay import ReplayCheck, get_replay_store, parse_session_token
 from .exceptions import DatabaseUnavailable, IdempotencyInProgress
 from .models import Account, Transfer
 from .service import TransferOutcome, execute_transfer, render_transfer
-from .validation import parse_transfer
+from .validation import TransferRequest, parse_transfer
 
-__all__ = ["create_transfer", "get_account", "get_transfer", "server_time"]
+__all__ = ["check_transfer_command", "create_transfer", "get_account", "get_transfer", "server_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,19 +143,34 @@ def _rejection_response(rejection: Rejection, identity: ClientIdentity | None) -
     return problem_response(rejection, **headers)
 
 
+async def check_transfer_command(request: HttpRequest, identity: ClientIdentity) -> tuple[str, TransferRequest]:
+    """Validate a transfer POST completely, then pass it through the replay check.
+
+    Returns the Idempotency-Key and the transfer. Raises a Rejection when
+    the request is malformed or the replay check rejects it; then nothing
+    was recorded against the key.
+    """
+    key = _idempotency_key(request)
+    check = _replay_check(request, identity)
+    transfer_request = _parse_body(request)
+
+    await get_replay_store().check(check)
+
+    return key, transfer_request
+
+
 @require_POST
 async def create_transfer(request: HttpRequest) -> HttpResponse:
     """Execute a transfer once per Idempotency-Key; see the module docstring for the order of checks."""
     identity = _identity(request)
     try:
-        key = _idempotency_key(request)
-        check = _replay_check(request, identity)
-        transfer_request = _parse_body(request)
-
-        await get_replay_store().check(check)
-
+        key, transfer_request = await check_transfer_command(request, identity)
         outcome = await database_sync_to_async(execute_transfer, thread_sensitive=False)(
-            client_id=identity.client_id, key=key, request=transfer_request, channel="http"
+            client_id=identity.client_id,
+            key=key,
+            request=transfer_request,
+            channel="http",
+            certificate_fingerprint=identity.fingerprint_sha256,
         )
     except Rejection as exc:
         return _rejection_response(exc, identity)

@@ -24,6 +24,7 @@ from redis.exceptions import MovedError, NoScriptError, RedisError
 
 from ..exceptions import ReplayStoreUnavailable
 from .base import Clock, ReplayCheck, ReplayStore, ReplayVerdict
+from .pipeline import CheckPipeline
 
 __all__ = ["CHECK_SCRIPT", "EVICTION_SAFE_POLICIES", "RedisReplayStore", "replay_key_prefix"]
 
@@ -92,7 +93,11 @@ class RedisReplayStore(ReplayStore):
         # Checks beyond max_connections wait here, within their timeout, where
         # redis-py's pool would raise MaxConnectionsError at once.
         self._connection_slots = asyncio.Semaphore(max_connections)
-        # Network round trips made by checks; a check normally makes one.
+        # Checks without WAIT on a single server share writes on one
+        # connection; see pipeline.py. None: every check uses the client.
+        self._pipeline = None if cluster or wait_replicas else CheckPipeline.from_url(url, timeout_s=self.timeout_s)
+        # Network round trips that checks waited for; a check normally waits
+        # for one, which it may share with other checks in a pipeline write.
         self.round_trips = 0
         self._last_failure_log = 0.0
         self._suppressed_failures = 0
@@ -119,11 +124,16 @@ class RedisReplayStore(ReplayStore):
     async def check(self, check: ReplayCheck) -> ReplayVerdict:
         keys, args = self._keys_and_args(check)
         try:
-            async with asyncio.timeout(self.timeout_s), self._connection_slots:
-                if self.wait_replicas:
-                    reply = await self._run_with_wait(keys, args)
-                else:
-                    reply = await self._run(keys, args)
+            if self._pipeline is not None:
+                # The pipeline bounds each check by timeout_s itself, with
+                # one timer per write instead of one per check.
+                reply = await self._run(keys, args)
+            else:
+                async with asyncio.timeout(self.timeout_s), self._connection_slots:
+                    if self.wait_replicas:
+                        reply = await self._run_with_wait(keys, args)
+                    else:
+                        reply = await self._run(keys, args)
         except _REDIS_FAILURES as exc:
             self._log_failure(check.identity, exc)
             raise ReplayStoreUnavailable("replay store is unavailable; nothing was executed") from exc
@@ -161,7 +171,14 @@ class RedisReplayStore(ReplayStore):
         except _REDIS_FAILURES as exc:
             raise ReplayStoreUnavailable("replay store is unavailable") from exc
 
+    @property
+    def pipeline(self) -> CheckPipeline | None:
+        """The connection that pipelines checks, or None when each check uses the client."""
+        return self._pipeline
+
     async def close(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.close()
         try:
             await self._client.aclose()
         except _REDIS_FAILURES:  # pragma: no cover - closing a dead connection
@@ -198,7 +215,7 @@ class RedisReplayStore(ReplayStore):
     async def _run(self, keys: list[str], args: list[str | int]) -> Any:
         self.round_trips += 1
         try:
-            return await self._client.evalsha(_CHECK_SHA, len(keys), *keys, *args)
+            return await self._evalsha(keys, args)
         except NoScriptError:
             # The server lost its script cache (restart, SCRIPT FLUSH,
             # failover). NOSCRIPT means nothing ran, so running the script
@@ -207,7 +224,15 @@ class RedisReplayStore(ReplayStore):
             # between cannot fail it again.
             logger.warning("replay check script missing on Redis; sending it with EVAL")
             self.round_trips += 1
+            if self._pipeline is not None:
+                async with asyncio.timeout(self.timeout_s):
+                    return await self._client.eval(CHECK_SCRIPT, len(keys), *keys, *args)
             return await self._client.eval(CHECK_SCRIPT, len(keys), *keys, *args)
+
+    async def _evalsha(self, keys: list[str], args: list[str | int]) -> Any:
+        if self._pipeline is not None:
+            return await self._pipeline.evalsha(_CHECK_SHA, keys, args)
+        return await self._client.evalsha(_CHECK_SHA, len(keys), *keys, *args)
 
     async def _run_with_wait(self, keys: list[str], args: list[str | int]) -> Any:
         """Run the check and WAIT for replicas in one pipeline, one round trip.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
