@@ -26,9 +26,10 @@ application = ProtocolTypeRouter(
         "websocket": ClientIdentityMiddleware(
             URLRouter(
                 [
-                    *websocket_urlpatterns,
+                    # Before the product's routes, which end with a catch-all.
                     path("bench/ws/echo/", EchoConsumer.as_asgi()),
                     path("bench/ws/replay/", ReplayCheckedConsumer.as_asgi()),
+                    *websocket_urlpatterns,
                 ]
             )
         ),

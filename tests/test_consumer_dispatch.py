@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from consumers.transfers import TransferConsumer
-from realtime.identity import ClientIdentity
+from tests.support.identities import register_identity
 
 
-def communicator() -> WebsocketCommunicator:
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def communicator() -> WebsocketCommunicator:
     connection = WebsocketCommunicator(TransferConsumer.as_asgi(), "/ws/v1/transfers/")
-    connection.scope["client_identity"] = ClientIdentity(
-        client_id=1,
-        name="alice",
-        fingerprint_sha256="ab" * 32,
-        not_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30),
-        source="tls",
-    )
+    connection.scope["client_identity"] = await sync_to_async(register_identity)("alice")
     return connection
 
 
@@ -31,7 +28,7 @@ async def test_frames_skip_close_old_connections(monkeypatch: pytest.MonkeyPatch
         calls.append(1)
 
     monkeypatch.setattr("channels.consumer.aclose_old_connections", record_call)
-    connection = communicator()
+    connection = await communicator()
     connected, _ = await connection.connect()
     assert connected
     welcome = json.loads(await connection.receive_from())

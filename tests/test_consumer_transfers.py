@@ -18,23 +18,16 @@ from channels.testing import WebsocketCommunicator
 from consumers.revocation import announce_revocation
 from consumers.transfers import CLOSE_CERTIFICATE_EXPIRED, CLOSE_CLIENT_DEACTIVATED, TransferConsumer
 from realtime.identity import ClientIdentity
-from realtime.models import Client
+from tests.support.identities import register_identity
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def _client(name: str, *, active: bool = True) -> Client:
-    return await sync_to_async(Client.objects.create)(name=name, is_active=active)
+async def _client(name: str, *, active: bool = True, not_after: dt.datetime | None = None) -> ClientIdentity:
+    return await sync_to_async(register_identity)(name, active=active, not_after=not_after)
 
 
-def _communicator(client: Client, *, not_after: dt.datetime | None = None) -> WebsocketCommunicator:
-    identity = ClientIdentity(
-        client_id=client.pk,
-        name=client.name,
-        fingerprint_sha256="0" * 64,
-        not_after=not_after or dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30),
-        source="tls",
-    )
+def _communicator(identity: ClientIdentity) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(TransferConsumer.as_asgi(), "/ws/v1/transfers/")
     communicator.scope["client_identity"] = identity
     return communicator
@@ -57,7 +50,7 @@ async def test_revocation_closes_with_4001() -> None:
     assert connected is True
     assert (await communicator.receive_json_from())["type"] == "welcome"
 
-    await announce_revocation(client.pk)
+    await announce_revocation(client.client_id)
 
     closed = await communicator.receive_output(timeout=1)
     assert closed == {"type": "websocket.close", "code": CLOSE_CLIENT_DEACTIVATED}
@@ -65,9 +58,9 @@ async def test_revocation_closes_with_4001() -> None:
 
 
 async def test_certificate_expiry_closes_with_4002() -> None:
-    client = await _client("expiring")
     not_after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=0.5)
-    communicator = _communicator(client, not_after=not_after)
+    client = await _client("expiring", not_after=not_after)
+    communicator = _communicator(client)
     connected, _ = await communicator.connect()
     assert connected is True
     assert (await communicator.receive_json_from())["type"] == "welcome"
@@ -89,4 +82,4 @@ async def test_disconnect_leaves_revocation_group() -> None:
 
     layer = get_channel_layer()
     # The in-memory layer keeps groups in a dict of channel names.
-    assert not layer.groups.get(f"client.{client.pk}")  # type: ignore[attr-defined]
+    assert not layer.groups.get(f"client.{client.client_id}")  # type: ignore[attr-defined]

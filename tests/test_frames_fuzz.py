@@ -24,6 +24,7 @@ from realtime.exceptions import InvalidMessage
 from realtime.identity import ClientIdentity
 from realtime.protocol import MAX_SAFE_INTEGER, parse_idempotency_key, parse_nonce, parse_seq, parse_timestamp
 from transfers.validation import TransferRequest, parse_transfer
+from tests.support.identities import register_identity
 from transfers.views import _idempotency_key, _replay_check
 
 # What an idempotency key may be: printable ASCII except '"' and '\\', no space at either end.
@@ -267,16 +268,11 @@ def registered_client(transactional_db: Any) -> ClientIdentity:
     from realtime.models import Client
     from transfers.models import Account
 
-    client = Client.objects.create(name="fuzz")
+    identity = register_identity("fuzz", fingerprint="f" * 64, not_after=dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc))
+    client = Client.objects.get(pk=identity.client_id)
     Account.objects.create(id="A-1", owner=client, currency="USD", balance=Decimal("1000000"), opening_balance=Decimal("1000000"))
     Account.objects.create(id="B-1", owner=client, currency="USD", balance=Decimal(0), opening_balance=Decimal(0))
-    return ClientIdentity(
-        client_id=client.pk,
-        name="fuzz",
-        fingerprint_sha256="f" * 64,
-        not_after=dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc),
-        source="tls",
-    )
+    return identity
 
 
 REPLY_CODES = {

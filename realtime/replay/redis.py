@@ -225,7 +225,9 @@ class RedisReplayStore(ReplayStore):
             logger.warning("replay check script missing on Redis; sending it with EVAL")
             self.round_trips += 1
             if self._pipeline is not None:
-                async with asyncio.timeout(self.timeout_s):
+                # This EVAL leaves the pipeline for the pooled client, so it
+                # takes a connection slot like any unpipelined check.
+                async with asyncio.timeout(self.timeout_s), self._connection_slots:
                     return await self._client.eval(CHECK_SCRIPT, len(keys), *keys, *args)
             return await self._client.eval(CHECK_SCRIPT, len(keys), *keys, *args)
 
