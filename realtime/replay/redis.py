@@ -288,11 +288,12 @@ class RedisReplayStore(ReplayStore):
         if now - self._last_failure_log < 10:
             self._suppressed_failures += 1
             return
+        detail = str(exc) or (f"no reply within {self.timeout_s * 1000:.0f} ms" if isinstance(exc, TimeoutError) else "no detail")
         logger.error(
             "replay store unavailable (client=%s error=%s: %s, %d similar errors suppressed)",
             identity,
             type(exc).__name__,
-            exc,
+            detail,
             self._suppressed_failures,
         )
         self._last_failure_log = now
