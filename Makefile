@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Parallel pytest workers; the end-to-end modules each start their own servers.
 TEST_WORKERS ?= 4
 
-.PHONY: demo serve test test-sqlite test-postgres bench clean
+.PHONY: demo serve test lint test-sqlite test-postgres bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ serve: $(VENV)/.installed
 	$(PY) manage.py serve --host 127.0.0.1 --port 8443 \
 		--tls-cert var/pki/server.pem --tls-key var/pki/server.key --client-ca var/pki/ca.pem
 
-## Run the whole suite on SQLite, then on PostgreSQL.
-test: test-sqlite test-postgres
+## Lint, then run the whole suite on SQLite, then on PostgreSQL.
+test: lint test-sqlite test-postgres
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 test-sqlite: $(VENV)/.installed
 	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)

@@ -122,7 +122,7 @@ def measure_idle_sockets(port: int, server_pid: int, files: tuple[Path, Path, Pa
         for level in levels:
             started = time.perf_counter()
             shares = [level // processes + (1 if index < level % processes else 0) for index in range(processes)]
-            for pipe, share in zip(pipes, shares):
+            for pipe, share in zip(pipes, shares, strict=False):
                 pipe.send(share)
             for pipe in pipes:
                 reply = pipe.recv()

@@ -65,7 +65,7 @@ def _paired_ratio(section: dict[str, Any], product: str, baseline: str, level: s
     product_rounds = product_figure.get("round_rates", [])
     baseline_rounds = baseline_figure.get("round_rates", [])
     if len(product_rounds) > 1 and len(product_rounds) == len(baseline_rounds):
-        return round(statistics.median(mine / theirs for mine, theirs in zip(product_rounds, baseline_rounds)), 3)
+        return round(statistics.median(mine / theirs for mine, theirs in zip(product_rounds, baseline_rounds, strict=False)), 3)
     return _ratio(product_figure["rate"], baseline_figure["rate"])
 
 
@@ -197,7 +197,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
         ("HTTP over mutual TLS", "requests per second", "http", HTTP_SERIES),
     )
     figure, axes = plt.subplots(1, len(panels), figsize=(16, 5.2))
-    for axis, (title, unit, key, names) in zip(axes, panels):
+    for axis, (title, unit, key, names) in zip(axes, panels, strict=False):
         section = results.get(key, {})
         levels: set[int] = set()
         for series, label in names.items():

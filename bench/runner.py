@@ -163,7 +163,10 @@ async def _run_clients(
         if compared is not None:
             pair = await _alternate(
                 profile.rounds,
-                {name: (lambda name=name: measure(port, name, context, concurrency, **options)) for name in compared},
+                {
+                    name: (lambda name=name, concurrency=concurrency: measure(port, name, context, concurrency, **options))
+                    for name in compared
+                },
             )
             for name, sample in pair.items():
                 section.setdefault(name, {})[level] = sample.as_dict()

@@ -130,7 +130,7 @@ def site(pki: Pki, test_databases: TestDatabases, run_dir: Path) -> Iterator[Sit
             name=f"worker-{index}",
             extra_args=("--access-log", str(log), "--ping-interval", str(PING_INTERVAL)),
         )
-        for index, (path, log) in enumerate(zip(sockets, access_logs), start=1)
+        for index, (path, log) in enumerate(zip(sockets, access_logs, strict=False), start=1)
     ]
     nginx = NginxServer(directory / "nginx", pki_dir=pki.directory, worker_sockets=sockets, crl=crl_path, ping_interval=PING_INTERVAL)
     try:
@@ -331,7 +331,7 @@ async def test_replayed_frame_rejected_on_other_worker(site: Site) -> None:
         await second.send(frame)
         replayed = await recv_json(second)
 
-    assert [after - before for before, after in zip(counts_before, counts_after)] == [1, 1]
+    assert [after - before for before, after in zip(counts_before, counts_after, strict=False)] == [1, 1]
     assert executed["type"] == "transfer.executed"
     assert replayed["type"] == "rejected"
     assert replayed["code"] == "replay.nonce_reused"
@@ -362,7 +362,7 @@ async def _open_on_both_workers(site: Site, name: str) -> list[Any]:
     for connection in connections:
         await open_session(connection)
     counts_after = _connect_counts(site)
-    assert [after - before for before, after in zip(counts_before, counts_after)] == [1, 1]
+    assert [after - before for before, after in zip(counts_before, counts_after, strict=False)] == [1, 1]
     return connections
 
 

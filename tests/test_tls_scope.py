@@ -35,7 +35,7 @@ def test_tls_extension_carries_verified_client_certificate(echo: Deployment, pki
     assert certificates[0] == x509.load_pem_x509_certificate(pki.cert("alice").read_bytes())
     # Python's ssl module sends the chain it can build from its trust store,
     # so the CA may follow; each further certificate signed the one before.
-    for issued, issuer in zip(certificates, certificates[1:]):
+    for issued, issuer in zip(certificates, certificates[1:], strict=False):
         assert issued.issuer == issuer.subject
     assert tls["client_cert_name"] == "CN=alice"
     assert tls["tls_version"] in (0x0303, 0x0304)

@@ -157,7 +157,7 @@ class ReplayStore(abc.ABC):
         now = await self.server_time_ms()
         await self.check(ReplayCheck(identity=_HEALTH_IDENTITY, ts_ms=now, nonce=secrets.token_urlsafe(16)))
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook; the memory store has nothing to release
         """Release connections; the store is not used afterwards."""
 
     def _reject(self, code: str, server_time_ms: int, highest_seq: int | None) -> ReplayRejected:
