@@ -57,7 +57,7 @@ class IdleLevel:
 def _client_process(port: int, files: tuple[str, str, str], control: Connection) -> None:
     """Keep sockets open in a child process, as the messages on ``control`` request.
 
-    An integer is the new number of sockets to keep open, "count" asks for
+    An integer is the new number of sockets to keep open, "count" requests
     the number still open, and None closes them all and ends the process.
     """
     asyncio.run(_hold_sockets(port, files, control))

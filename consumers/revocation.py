@@ -1,11 +1,12 @@
-"""Closing every open socket of a client when it is deactivated.
+"""Closing the open sockets of a deactivated client or a revoked certificate.
 
 Each consumer joins its client's channel-layer group. With a Redis channel
 layer (``REDIS_URL`` set: ``RedisChannelLayer``, or ``RedisPubSubChannelLayer``
-on a Redis Cluster) a message sent to the group reaches every daphne worker. ``InMemoryChannelLayer`` reaches only the
-sockets of the process that sends it; with it, a deactivated client's
-open sockets are refused at their next command instead, because the
-transfer service checks the client's state in the command's transaction.
+on a Redis Cluster) a message sent to the group reaches every daphne worker.
+``InMemoryChannelLayer`` reaches only the sockets of the process that sends
+it. Two backstops cover a message that never arrives: every command checks
+the client and certificate in its transaction, and every open socket checks
+them again each ``REVOCATION_RECHECK_S`` seconds.
 """
 
 from __future__ import annotations

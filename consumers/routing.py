@@ -7,7 +7,7 @@ from .transfers import TransferConsumer
 
 
 class UnknownPathConsumer(AsyncWebsocketConsumer):
-    """Refuses handshakes to paths without a consumer; daphne answers them with 403."""
+    """Rejects handshakes to paths without a consumer; daphne responds with 403."""
 
     async def connect(self) -> None:
         await self.close()

@@ -6,7 +6,7 @@ frames. Before its first accepted command it may instead send a ``resume``
 frame, to continue an earlier session of the same client. The server replies
 to each frame with ``resumed``, ``transfer.executed`` or ``rejected``. Each
 frame is parsed strictly, checked by the replay engine and only then
-executed; a frame that fails parsing or the replay check changes nothing and
+executed. A frame that fails parsing or the replay check changes nothing and
 leaves the socket open. ``CLOSE_CODES`` lists the close codes.
 """
 

@@ -22,7 +22,7 @@ class ClientIdentityMiddleware:
     """Put ``scope["client_identity"]`` on every HTTP and WebSocket connection, or reject it.
 
     A rejected WebSocket handshake is closed before it is accepted, so daphne
-    answers HTTP 403. A rejected HTTP request gets a 403 (400 for a corrupt
+    responds with HTTP 403. A rejected HTTP request gets a 403 (400 for a corrupt
     forwarded header) problem response. The inner application never runs for
     a rejected connection.
     """

@@ -25,7 +25,7 @@ TEMPLATE_PATH = Path(settings.BASE_DIR) / "deploy" / "nginx" / "realtime.conf.te
 # A path nginx reads as one token: no whitespace, quotes, ';', '{', '}' or '$'.
 _PATH_RE = re.compile(r"/[A-Za-z0-9._/@+=,-]*")
 _SERVER_NAME_RE = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-# Longest unix socket path the kernel accepts (sun_path is 108 bytes, one
+# Maximum unix socket path length the kernel accepts (sun_path is 108 bytes, one
 # of them the terminating NUL).
 MAX_UNIX_SOCKET_PATH = 107
 # daphne looks for idle WebSockets to ping every 2 seconds, so a ping can

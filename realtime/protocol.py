@@ -30,8 +30,8 @@ __all__ = [
 MAX_SAFE_INTEGER = 2**53 - 1
 
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-# Printable ASCII without '"' and '\\', and no space at either end: HTTP
-# strips spaces around header values and reads a value in quotes as a
+# Printable ASCII without '"' and '\\', and no space at either end. HTTP
+# strips spaces around header values and reads a quoted value as a
 # structured-field string, so only keys of this form name the same key on
 # the WebSocket and in the Idempotency-Key header.
 _IDEMPOTENCY_KEY_RE = re.compile(r"(?=[^ ])[\x20\x21\x23-\x5b\x5d-\x7e]{1,255}(?<=[^ ])")

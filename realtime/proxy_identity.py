@@ -60,7 +60,7 @@ _SF_BINARY_RE = re.compile(r":([A-Za-z0-9+/]+={0,2}):")
 # control characters are not, so a folded or multi-line value is refused.
 _ESCAPED_PEM_RE = re.compile(r"[A-Za-z0-9%._~+/=-]+")
 # Exactly one PEM certificate and nothing around it, in LF-separated lines
-# of base64. RFC 7468 asks for 64 characters a line, and some tools write 76.
+# of base64. RFC 7468 specifies 64 characters a line, and some tools write 76.
 _STRICT_PEM_RE = re.compile(
     r"-----BEGIN CERTIFICATE-----\n(?:[A-Za-z0-9+/=]{1,76}\n)+-----END CERTIFICATE-----\n?"
 )

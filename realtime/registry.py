@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 class RegistryError(ValueError):
-    """A registration request that cannot be carried out; the message says why."""
+    """A registration request that cannot be carried out; the message gives the reason."""
 
 
 def register_certificate(name: str, pem: bytes) -> tuple[Client, ClientCertificate, bool]:
@@ -87,7 +87,7 @@ def revoke_certificate(fingerprint: str) -> tuple[ClientCertificate, bool]:
 
     Handshakes with the certificate are refused from the moment the
     transaction commits, and its open sockets are closed through the channel
-    layer; the client's other certificates keep working. Returns the record
+    layer. The client's other certificates keep working. Returns the record
     and whether the revocation reached the channel layer.
     """
     wanted = fingerprint.strip().lower().replace(":", "")

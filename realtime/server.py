@@ -2,7 +2,7 @@
 
 daphne builds each connection's scope and hands it to
 ``Server.create_application``. This subclass adds, before the application
-sees the scope:
+receives the scope:
 
 - ``scope["extensions"]["tls"]`` for connections to a TLS listener,
   following the ASGI TLS extension: ``server_cert``, ``client_cert_chain``

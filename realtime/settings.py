@@ -69,7 +69,7 @@ MIDDLEWARE = [
     "realtime.problems.MethodNotAllowedProblemMiddleware",
 ]
 # A redirect to the slashed URL would turn a client's POST into a GET and
-# lose the command; a missing slash gets a 404 problem instead.
+# lose the command. A missing slash gets a 404 problem instead.
 APPEND_SLASH = False
 
 ROOT_URLCONF = "realtime.urls"

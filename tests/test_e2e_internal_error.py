@@ -1,4 +1,4 @@
-"""An unexpected server error is logged and closes the connection; HTTP answers a 500 problem."""
+"""An unexpected server error is logged and closes the connection; HTTP responds with a 500 problem."""
 
 from __future__ import annotations
 

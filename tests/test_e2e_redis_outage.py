@@ -66,7 +66,7 @@ async def test_websocket_command_unavailable_while_redis_down(deployment: Deploy
 
         redis_restored.start()
         # Redis restarted empty (it keeps nothing on disk), so this
-        # connection's session is gone: the server says so and closes.
+        # connection's session is gone: the server reports it and closes.
         await connection.send(builder.transfer(from_account="O-A", to_account="O-B", amount="2.00", idempotency_key="outage-ws-1"))
         lost = await recv_json(connection)
         assert lost["code"] == "session.unknown"

@@ -4,7 +4,7 @@ A request runs in two transactions:
 
 1. *Claim*: insert an ``in_progress`` record for (client, key) holding a
    lease. The unique constraint on (client, key) lets exactly one request
-   win; the others find the record and get the stored response, a key
+   win. The others find the record and get the stored response, a key
    mismatch, or ``idempotency.in_progress`` while the lease is live. A lease
    that expired (its worker died) is taken over with a compare-and-set on
    the lease token.
@@ -267,7 +267,7 @@ def _apply(
     for account in (source, target):
         if account.currency != request.currency:
             raise TransferRefused(
-                f"account {account.id!r} holds {account.currency}, the transfer is in {request.currency}",
+                f"account {account.id!r} is in {account.currency}, the transfer is in {request.currency}",
                 code="transfer.currency_mismatch",
             )
     if source.balance < request.amount:

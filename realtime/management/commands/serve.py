@@ -124,5 +124,5 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         except RedisAdminError as exc:
             # Fail closed at run time instead: commands are rejected as
-            # "unavailable" until Redis answers.
+            # "unavailable" until Redis replies.
             self.stderr.write(f"Warning: {exc}; commands are rejected until Redis is reachable")
