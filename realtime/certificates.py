@@ -25,7 +25,7 @@ _PEM_END = "-----END CERTIFICATE-----"
 
 @dataclass(frozen=True, slots=True)
 class CertificateFacts:
-    """What identity needs to know of one parsed certificate."""
+    """The facts of one parsed certificate that identity uses."""
 
     fingerprint_sha256: str
     subject: str
@@ -45,8 +45,8 @@ def sha256_fingerprint(der: bytes) -> str:
 def der_from_pem(pem: str | bytes) -> bytes:
     """Decode exactly one PEM certificate to DER.
 
-    Raises CertificateInvalid when the text holds no certificate, more than
-    one, or anything that does not parse.
+    Raises CertificateInvalid when the text contains no certificate, more
+    than one, or anything that does not parse.
     """
     text = pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem
     if text.count(_PEM_BEGIN) != 1 or text.count(_PEM_END) != 1:

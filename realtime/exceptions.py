@@ -1,7 +1,7 @@
 """Exceptions of the identity, protocol and replay layers.
 
 Every rejection a client can see is a ``Rejection``: it carries the stable
-``code`` of the wire protocol, the HTTP status the API answers with, and any
+``code`` of the wire protocol, the HTTP status the API responds with, and any
 extra members that the reply includes (``server_time``, ``expected_seq``).
 The WebSocket consumer and the HTTP views render the same objects.
 """
@@ -64,7 +64,7 @@ class ServiceUnavailable(Rejection):
 
 
 class ReplayStoreUnavailable(ServiceUnavailable):
-    """The replay store did not answer in time or answered with an error.
+    """The replay store did not reply in time or replied with an error.
 
     Replay protection fails closed: a command whose check did not complete is
     never executed.

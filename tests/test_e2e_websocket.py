@@ -410,7 +410,7 @@ async def test_fragmented_oversized_message_closes(deployment: Deployment) -> No
         async def fragments():
             # 17 fragments of 4 KiB pass the 64 KiB limit by 4 KiB. Sending
             # no more than that keeps unread data from piling up at the server,
-            # whose kernel would answer the close with a reset and discard the
+            # whose kernel would respond to the close with a reset and discard the
             # close frame the client is meant to read.
             for _ in range(17):
                 yield "y" * 4096

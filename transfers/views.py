@@ -51,8 +51,8 @@ def _identity(request: HttpRequest) -> ClientIdentity:
 
 def _header(request: HttpRequest, name: str) -> str | None:
     """Return a request header that may appear at most once, or None when absent."""
-    wanted = name.lower().encode()
-    values = [value for key, value in request.scope["headers"] if key == wanted]  # type: ignore[attr-defined]
+    header_name = name.lower().encode()
+    values = [value for key, value in request.scope["headers"] if key == header_name]  # type: ignore[attr-defined]
     if not values:
         return None
     if len(values) > 1:
@@ -191,8 +191,8 @@ def _load_account(client_id: int, account_id: str) -> dict[str, str] | None:
     return {"id": account.id, "currency": account.currency, "balance": f"{account.balance:.2f}"}
 
 
-def _not_found(what: str) -> HttpResponse:
-    return problem_response(Rejection(f"{what} not found", code="not_found", status=404))
+def _not_found(resource: str) -> HttpResponse:
+    return problem_response(Rejection(f"{resource} not found", code="not_found", status=404))
 
 
 def _database_unavailable(exc: Exception) -> HttpResponse:
