@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,25 @@ _RESUME_FIELDS = {"type", "session", "seq", "ts", "nonce"}
 # The expiry timer covers certificates that expire within this time; the
 # periodic identity check closes sockets whose certificates expire later.
 _MAX_TIMER_S = 7 * 86_400
+_REJOIN_TIMEOUT_S = 2.0
+_LOG_INTERVAL_S = 10.0
+_log_state = {"last": {}, "suppressed": {}}
+
+
+def _log_rate_limited(message: str, *args: Any) -> None:
+    """Log a warning at most once per _LOG_INTERVAL_S for each message, counting the rest.
+
+    During an outage every socket of the process fails the same way, and one
+    line per socket would flood the log.
+    """
+    now = time.monotonic()
+    last = _log_state["last"].get(message, 0.0)
+    if now - last < _LOG_INTERVAL_S:
+        _log_state["suppressed"][message] = _log_state["suppressed"].get(message, 0) + 1
+        return
+    suppressed = _log_state["suppressed"].pop(message, 0)
+    _log_state["last"][message] = now
+    logger.warning(message + " (%d similar messages suppressed)", *args, suppressed)
 
 
 def _now_ms() -> int:
@@ -199,7 +219,7 @@ class TransferConsumer(AsyncWebsocketConsumer):
             try:
                 await self.channel_layer.group_discard(client_group(self.identity.client_id), self.channel_name)
             except Exception as exc:  # channel-layer backends raise their own error types
-                logger.warning("could not leave revocation group (client=%s): %s", self.identity.name, exc)
+                _log_rate_limited("could not leave revocation group (client=%s): %s", self.identity.name, exc)
             logger.info("disconnected client=%s session=%s code=%s", self.identity.name, self._session_id(), code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -251,11 +271,12 @@ class TransferConsumer(AsyncWebsocketConsumer):
         try:
             await self.channel_layer.group_add(client_group(self.identity.client_id), self.channel_name)
         except Exception as exc:  # channel-layer backends raise their own error types
-            # The socket is still safe to serve: every command checks the
-            # client's state in its transaction, so a revocation is enforced
-            # at the next command instead of at once.
-            logger.warning(
-                "could not join revocation group; revocation applies at the next command (client=%s): %s",
+            # The socket is still safe to serve: every command, and the
+            # periodic identity check, read the client's state from the
+            # database, so a revocation still takes effect.
+            _log_rate_limited(
+                "could not join revocation group; revocation applies at the next command or periodic check "
+                "(client=%s): %s",
                 self.identity.name,
                 exc,
             )
@@ -348,16 +369,26 @@ class TransferConsumer(AsyncWebsocketConsumer):
             if dt.datetime.now(dt.timezone.utc) >= self.identity.not_after:
                 await self._close_expired()
                 return
-            await self._join_revocation_group()
             try:
                 valid = await _certificate_still_valid(self.identity)
             except DatabaseError as exc:
-                logger.warning("periodic identity check failed (client=%s): %s", self.identity.name, exc)
+                _log_rate_limited("periodic identity check failed (client=%s): %s", self.identity.name, exc)
                 continue
             if not valid:
-                logger.info("closing connection: client or certificate revoked (client=%s session=%s)", self.identity.name, self._session_id())
+                logger.info(
+                    "closing connection: client or certificate revoked (client=%s session=%s)",
+                    self.identity.name,
+                    self._session_id(),
+                )
                 await self.close(code=CLOSE_CLIENT_DEACTIVATED)
                 return
+            # Re-joining restores membership that a Redis restart lost. It is
+            # bounded, so a hung Redis cannot delay the next database check.
+            try:
+                async with asyncio.timeout(_REJOIN_TIMEOUT_S):
+                    await self._join_revocation_group()
+            except TimeoutError:
+                _log_rate_limited("re-joining the revocation group timed out (client=%s)", self.identity.name)
 
     def _schedule_certificate_expiry(self) -> None:
         remaining = (self.identity.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()

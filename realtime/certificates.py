@@ -64,12 +64,21 @@ def _check_client_usage(certificate: x509.Certificate) -> None:
     A CA or server certificate signed by the client CA would otherwise work
     as a client identity once registered by mistake.
     """
+    if certificate.version != x509.Version.v3:
+        # A v1 certificate has no extensions to tell a CA from an end entity.
+        raise CertificateInvalid("certificate is not X.509 version 3; issue client certificates as v3")
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         constraints = None
     if constraints is not None and constraints.ca:
         raise CertificateInvalid("certificate is a CA certificate, not a client certificate")
+    try:
+        key_usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        key_usage = None
+    if key_usage is not None and key_usage.key_cert_sign:
+        raise CertificateInvalid("certificate may sign certificates (keyCertSign), so it is not a client certificate")
     try:
         usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -91,9 +100,15 @@ def inspect_certificate(der: bytes, *, now: dt.datetime | None = None) -> Certif
         not_before = certificate.not_valid_before_utc
         not_after = certificate.not_valid_after_utc
         subject = certificate.subject.rfc4514_string()
-        _check_client_usage(certificate)
     except ValueError as exc:
         raise CertificateInvalid(f"certificate does not parse: {exc}") from exc
+    try:
+        _check_client_usage(certificate)
+    except CertificateInvalid:
+        raise
+    except ValueError as exc:
+        # cryptography parses extensions when they are first read.
+        raise CertificateInvalid(f"certificate extensions do not parse: {exc}") from exc
 
     now = now or dt.datetime.now(dt.timezone.utc)
     if now < not_before:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from .exceptions import IdentityRejected
+from django.db import InterfaceError, OperationalError
+
+from .exceptions import IdentityRejected, Rejection, ServiceUnavailable
 from .identity import identify
 from .problems import PROBLEM_CONTENT_TYPE, problem_body
 from .types import ASGIApp, Receive, Scope, Send
@@ -47,20 +49,25 @@ class ClientIdentityMiddleware:
             else:
                 await _send_problem(send, exc)
             return
+        except (OperationalError, InterfaceError) as exc:
+            if scope["type"] == "websocket":
+                # daphne can answer a handshake only with 403 (close) or 500
+                # (an exception), and 403 would tell the client it was refused.
+                raise
+            logger.warning("identity lookup failed, database unavailable: %s", exc)
+            await _send_problem(send, ServiceUnavailable("database is unavailable; nothing was executed"), retry_after=1)
+            return
 
         await self.app({**scope, "client_identity": identity}, receive, send)
 
 
-async def _send_problem(send: Send, rejection: IdentityRejected) -> None:
+async def _send_problem(send: Send, rejection: Rejection, *, retry_after: int | None = None) -> None:
     body = problem_body(rejection)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": rejection.status,
-            "headers": [
-                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": rejection.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -55,8 +56,14 @@ def verify_eviction_policy(url: str, *, cluster: bool = False) -> None:
 
 
 def _redact(url: str) -> str:
-    """Drop the password from a Redis URL before it goes into a message."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    """Drop credentials from a Redis URL before it goes into a message.
+
+    redis-py reads a password from the user-info part and from the
+    ``password`` query parameter, the only form a ``unix://`` URL has.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = [(name, "***" if name.lower() in ("password", "username") else value) for name, value in parse_qsl(parts.query)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), parts.fragment))

@@ -79,9 +79,18 @@ WSGI_APPLICATION = None
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}",
-        conn_max_age=0,
+        # Each database thread keeps its connection this many seconds, checked
+        # before reuse, instead of opening one per command.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE_S", 60, minimum=0),
+        conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A worker frozen inside a transaction holds its row locks; a request
+    # waiting on them fails with 503 after this long instead of hanging.
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+        f"-c lock_timeout={env_int('DATABASE_LOCK_TIMEOUT_MS', 10_000, minimum=100)}"
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # BEGIN IMMEDIATE takes the write lock at the start of every transaction,
     # so two writers queue instead of failing to upgrade a read lock.

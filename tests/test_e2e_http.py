@@ -227,7 +227,21 @@ def test_repeated_header_rejected(alice: httpx.Client) -> None:
     headers = list(transfer_headers("repeated-key").items()) + [("Idempotency-Key", "other-key")]
     response = alice.post("/api/v1/transfers/", content=json.dumps(body()), headers=headers)
     assert response.status_code == 400
+    assert response.json()["code"] == "idempotency.key_invalid"
+    headers = list(transfer_headers("repeated-nonce").items()) + [("X-Request-Nonce", "n" * 22)]
+    response = alice.post("/api/v1/transfers/", content=json.dumps(body()), headers=headers)
+    assert response.status_code == 400
     assert response.json()["code"] == "invalid_message"
+
+
+# daphne itself rejects \x1c-\x1e in header values with an HTML 400.
+@pytest.mark.parametrize("key", ["\x1fk1", "k1\x1f", "clé"])
+def test_control_or_non_ascii_key_rejected(alice: httpx.Client, key: str) -> None:
+    headers = transfer_headers(None) | {"Idempotency-Key": key}
+    encoded = [(name.encode(), value.encode("latin-1")) for name, value in headers.items()]
+    response = alice.post("/api/v1/transfers/", content=json.dumps(body()), headers=encoded)
+    assert response.status_code == 400
+    assert response.json()["code"] == "idempotency.key_invalid"
 
 
 def test_wrong_content_type(alice: httpx.Client) -> None:

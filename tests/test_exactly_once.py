@@ -263,3 +263,29 @@ async def test_randomized_opposite_transfers_keep_ledger_balanced(workers: list[
         assert balance == opening + entry_sums.get(account_id, Decimal(0)), account_id
     assert sum(entry_sums.values()) == 0
     assert sum(balances[account_id][0] for account_id in OPENING) == sum(Decimal(value) for value in OPENING.values())
+
+
+def test_database_unreachable_gets_503_problem(workers: list[Deployment]) -> None:
+    deployment = workers[0]
+    postgres_only(deployment)
+    name = deployment.database_url.rsplit("/", 1)[-1]
+    admin_url = deployment.database_url.rsplit("/", 1)[0] + "/postgres"
+    query(admin_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        query(admin_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        with deployment.http("alice") as client:
+            command = client.post(
+                "/api/v1/transfers/", content=json.dumps(transfer_body("1.00")), headers=transfer_headers("db-down-1")
+            )
+            account = client.get("/api/v1/accounts/X-A1/")
+    finally:
+        query(admin_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    for response in (command, account):
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "unavailable"
+        assert response.headers["retry-after"] == "1"
+    with deployment.http("alice") as client:
+        retry = client.post("/api/v1/transfers/", content=json.dumps(transfer_body("1.00")), headers=transfer_headers("db-down-1"))
+    assert retry.status_code == 201
+    assert deployment.count("transfers_transfer", "idempotency_key = %s", ("db-down-1",)) == 1

@@ -58,7 +58,10 @@ def _header(request: HttpRequest, name: str) -> str | None:
     if len(values) > 1:
         raise InvalidMessage(f"header {name} must appear at most once")
     try:
-        return values[0].decode("ascii").strip()
+        # Only optional whitespace (space, tab) surrounds a field value
+        # (RFC 9110 section 5.5); other control characters stay and fail
+        # the field's own check.
+        return values[0].decode("ascii").strip(" \t")
     except UnicodeDecodeError:
         raise InvalidMessage(f"header {name} must be ASCII") from None
 
@@ -73,7 +76,10 @@ def _header_int(request: HttpRequest, name: str, parse: Any) -> int | None:
 
 
 def _idempotency_key(request: HttpRequest) -> str:
-    raw = _header(request, "Idempotency-Key")
+    try:
+        raw = _header(request, "Idempotency-Key")
+    except InvalidMessage as exc:
+        raise InvalidMessage(exc.detail, code="idempotency.key_invalid") from None
     if raw is None or raw == "":
         raise InvalidMessage("header Idempotency-Key is required for POST", code="idempotency.key_missing")
     if raw.startswith('"'):

@@ -101,6 +101,7 @@ class RedisReplayStore(ReplayStore):
         self.round_trips = 0
         self._last_failure_log = 0.0
         self._suppressed_failures = 0
+        self._last_script_missing_log = 0.0
 
     @staticmethod
     def _make_client(url: str, cluster: bool, timeout_s: float, max_connections: int) -> Any:
@@ -222,7 +223,7 @@ class RedisReplayStore(ReplayStore):
             # again cannot apply the check twice. EVAL sends the script body,
             # and caches it, in the same command that runs it, so a flush in
             # between cannot fail it again.
-            logger.warning("replay check script missing on Redis; sending it with EVAL")
+            self._log_script_missing()
             self.round_trips += 1
             if self._pipeline is not None:
                 # This EVAL leaves the pipeline for the pooled client, so it
@@ -256,7 +257,7 @@ class RedisReplayStore(ReplayStore):
             else:
                 reply, acknowledged = await pipe.execute(raise_on_error=False)
             if isinstance(reply, NoScriptError) and attempt == 0:
-                logger.warning("replay check script missing on Redis; sending it with EVAL")
+                self._log_script_missing()
                 script = ("EVAL", CHECK_SCRIPT)
                 continue
             if isinstance(reply, MovedError) and attempt == 0:
@@ -282,6 +283,14 @@ class RedisReplayStore(ReplayStore):
         await self._client.initialize()
         node = self._client.get_node_from_key(key)
         return self._client.pipeline(), {"target_nodes": node}
+
+    def _log_script_missing(self) -> None:
+        # After a SCRIPT FLUSH every check in flight meets NOSCRIPT once; one
+        # line per ten seconds is enough to see it happened.
+        now = time.monotonic()
+        if now - self._last_script_missing_log >= 10:
+            self._last_script_missing_log = now
+            logger.warning("replay check script missing on Redis; sending it with EVAL")
 
     def _log_failure(self, identity: str, exc: BaseException) -> None:
         now = time.monotonic()
