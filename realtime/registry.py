@@ -61,7 +61,7 @@ def deactivate_client(name: str) -> tuple[Client, bool]:
     New handshakes are refused from the moment the transaction commits,
     because identity checks ``is_active`` on every connection. Returns the
     client and whether the revocation reached the channel layer; when it did
-    not, open sockets are refused at their next command instead.
+    not, open sockets close at their next command or periodic identity check.
     """
     with transaction.atomic():
         client = Client.objects.select_for_update().filter(name=name).first()

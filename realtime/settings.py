@@ -165,6 +165,10 @@ REPLAY_SEQ_WINDOW = env_int("REPLAY_SEQ_WINDOW", 64, minimum=1, maximum=4096)
 # command. A client can resume the session, over WebSocket or HTTP, within
 # this time. Past it the token is rejected as ``session.unknown``.
 REPLAY_SESSION_TTL_S = env_int("REPLAY_SESSION_TTL_S", 86_400, minimum=60)
+# Sessions one client may start within REPLAY_SESSION_TTL_S. Each keeps a
+# few hundred bytes in the replay store for that long, so the limit bounds
+# what one client can take from every client's store. 0 disables it.
+REPLAY_MAX_SESSIONS_PER_CLIENT = env_int("REPLAY_MAX_SESSIONS_PER_CLIENT", 1000, minimum=0)
 # Upper bound in ms on one replay check against Redis; past it the command is
 # rejected as ``unavailable``.
 REPLAY_REDIS_TIMEOUT_MS = env_int("REPLAY_REDIS_TIMEOUT_MS", 500, minimum=10, maximum=60_000)

@@ -53,8 +53,15 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         skew: int = SKEW,
         window: int = WINDOW,
         session_ttl: int = SESSION_TTL,
+        max_sessions: int = 0,
     ) -> ReplayStore:
-        options = {"max_skew_ms": skew, "seq_window": window, "session_ttl_ms": session_ttl, "clock": clock}
+        options = {
+            "max_skew_ms": skew,
+            "seq_window": window,
+            "session_ttl_ms": session_ttl,
+            "max_sessions": max_sessions,
+            "clock": clock,
+        }
         if request.param == "memory":
             store: ReplayStore = MemoryReplayStore(**options)
         elif request.param == "redis":
@@ -511,3 +518,21 @@ async def test_checks_beyond_pool_wait_for_connection(request: pytest.FixtureReq
     results = await asyncio.gather(*checks, return_exceptions=True)
     assert [result for result in results if isinstance(result, BaseException)] == []
     await store.close()
+
+
+async def test_session_limit_per_identity(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    store = make_store(clock=clock, max_sessions=3)
+    for index in range(3):
+        await store.check(session_check(1, session=f"{index}" * 22, nonce=f"nonce-limit-{index:09d}"))
+    with pytest.raises(ReplayRejected) as caught:
+        await store.check(session_check(1, session="X" * 22, nonce="nonce-limit-overflow1"))
+    assert caught.value.code == "session.limit_exceeded"
+    assert caught.value.status == 429
+    # Nothing was recorded: the nonce is still free, and existing sessions go on.
+    await store.check(session_check(2, session="0" * 22, nonce="nonce-limit-overflow1", create=False))
+    # Another identity has its own limit.
+    await store.check(session_check(1, session="X" * 22, identity="bob", nonce="nonce-limit-bob-00001"))
+    # Once a session TTL has passed since the starts, new sessions are allowed.
+    clock.now += SESSION_TTL + 1
+    await store.check(session_check(1, session="Y" * 22, ts=clock.now, nonce="nonce-limit-later-001"))

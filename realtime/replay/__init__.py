@@ -46,6 +46,7 @@ _SETTINGS = {
     "REPLAY_MAX_SKEW_MS",
     "REPLAY_SEQ_WINDOW",
     "REPLAY_SESSION_TTL_S",
+    "REPLAY_MAX_SESSIONS_PER_CLIENT",
     "REPLAY_REDIS_TIMEOUT_MS",
     "REPLAY_REDIS_WAIT_REPLICAS",
     "REPLAY_REDIS_WAIT_TIMEOUT_MS",
@@ -60,6 +61,7 @@ def build_replay_store(**overrides: Any) -> ReplayStore:
         "max_skew_ms": settings.REPLAY_MAX_SKEW_MS,
         "seq_window": settings.REPLAY_SEQ_WINDOW,
         "session_ttl_ms": settings.REPLAY_SESSION_TTL_S * 1000,
+        "max_sessions": settings.REPLAY_MAX_SESSIONS_PER_CLIENT,
     }
     store_path = getattr(settings, "REPLAY_STORE", None)
     redis_url = getattr(settings, "REDIS_URL", None)

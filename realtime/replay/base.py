@@ -94,6 +94,7 @@ REJECTION_DETAILS = {
     "replay.sequence_reused": "sequence number was already used in this session",
     "replay.sequence_too_old": "sequence number is below the session's window",
     "session.unknown": "session is unknown or expired for this client",
+    "session.limit_exceeded": "client has too many live sessions; resume an earlier session or retry later",
 }
 
 
@@ -113,6 +114,8 @@ def rejection_for(
         status = 400
     elif code == "session.unknown":
         status = 400
+    elif code == "session.limit_exceeded":
+        status = 429
     elif code.startswith("replay.sequence_") and highest_seq is not None:
         extra["expected_seq"] = highest_seq + 1
         extra["window_floor"] = max(1, highest_seq - seq_window + 1)
@@ -126,12 +129,18 @@ class ReplayStore(abc.ABC):
     check on the same identity, in every process that shares the store.
     """
 
-    def __init__(self, *, max_skew_ms: int, seq_window: int, session_ttl_ms: int) -> None:
+    def __init__(self, *, max_skew_ms: int, seq_window: int, session_ttl_ms: int, max_sessions: int = 0) -> None:
         if max_skew_ms < 1 or seq_window < 1 or session_ttl_ms < 1:
             raise ValueError("max_skew_ms, seq_window and session_ttl_ms must be positive")
+        if max_sessions < 0:
+            raise ValueError("max_sessions must be 0 (no limit) or positive")
         self.max_skew_ms = max_skew_ms
         self.seq_window = seq_window
         self.session_ttl_ms = session_ttl_ms
+        # Sessions one identity may start within session_ttl_ms; 0 is no limit.
+        # Each session keeps its window in the store for session_ttl_ms, so
+        # without a limit one client could fill the store for every client.
+        self.max_sessions = max_sessions
 
     @abc.abstractmethod
     async def check(self, check: ReplayCheck) -> ReplayVerdict:

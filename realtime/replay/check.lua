@@ -4,6 +4,8 @@
 -- KEYS[2]  session hash: "top" is the highest sequence number seen, "exp"
 --          the Unix ms at which the session expires                  [optional]
 -- KEYS[3]  session bitmap: bit (s mod window) marks sequence s as seen [optional]
+-- KEYS[4]  sorted set of the identity's sessions, scored by the Unix ms until
+--          which each one's start counts against the limit           [optional]
 -- ARGV[1]  message timestamp, Unix ms
 -- ARGV[2]  maximum clock skew, ms
 -- ARGV[3]  sequence number, or "" when the check names no session
@@ -11,6 +13,7 @@
 -- ARGV[5]  session time to live, ms
 -- ARGV[6]  "1" when the check may create the session
 -- ARGV[7]  clock override in Unix ms, or "" to use the server's TIME
+-- ARGV[8]  sessions the identity may start within a session TTL; 0: no limit
 --
 -- The expiry stored in each value decides whether a nonce or session is
 -- still live; the Redis TTL on the key only frees the memory afterwards.
@@ -59,6 +62,14 @@ if has_session then
   elseif ARGV[6] == '1' then
     top = 0
     fresh_session = true
+    local limit = tonumber(ARGV[8])
+    if limit > 0 then
+      -- Dropping starts older than a session TTL changes no decision.
+      redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+      if redis.call('ZCARD', KEYS[4]) >= limit then
+        return {'session.limit_exceeded', now, -1}
+      end
+    end
   else
     return {'session.unknown', now, -1}
   end
@@ -101,4 +112,8 @@ local ttl = tonumber(ARGV[5])
 redis.call('HSET', KEYS[2], 'top', top, 'exp', now + ttl)
 redis.call('PEXPIRE', KEYS[2], ttl + ttl_slack)
 redis.call('PEXPIRE', KEYS[3], ttl + ttl_slack)
+if fresh_session and tonumber(ARGV[8]) > 0 then
+  redis.call('ZADD', KEYS[4], now + ttl, KEYS[2])
+  redis.call('PEXPIRE', KEYS[4], ttl + ttl_slack)
+end
 return {'ok', now, top}

@@ -40,15 +40,20 @@ class MemoryReplayStore(ReplayStore):
         max_skew_ms: int,
         seq_window: int,
         session_ttl_ms: int,
+        max_sessions: int = 0,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(max_skew_ms=max_skew_ms, seq_window=seq_window, session_ttl_ms=session_ttl_ms)
+        super().__init__(
+            max_skew_ms=max_skew_ms, seq_window=seq_window, session_ttl_ms=session_ttl_ms, max_sessions=max_sessions
+        )
         self._clock = clock or _wall_clock_ms
         # (identity, nonce) -> expiry in ms; the nonce is recorded while now < expiry.
         self._nonces: dict[tuple[str, str], int] = {}
         self._expiry_heap: list[tuple[int, tuple[str, str]]] = []
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._next_session_sweep_ms = 0
+        # identity -> {session token: ms until which its start counts against max_sessions}
+        self._session_starts: dict[str, dict[str, int]] = {}
         # check() has no await points, so it is atomic on one event loop; the
         # lock keeps it atomic for callers in other threads as well.
         self._lock = threading.Lock()
@@ -73,6 +78,7 @@ class MemoryReplayStore(ReplayStore):
             raise self._reject("replay.nonce_reused", now, None)
 
         session: _Session | None = None
+        fresh_session = False
         if check.session is not None and check.seq is not None:
             session = self._sessions.get((check.identity, check.session))
             if session is not None and session.expires_at_ms <= now:
@@ -80,7 +86,9 @@ class MemoryReplayStore(ReplayStore):
             if session is None:
                 if not check.create_session:
                     raise self._reject("session.unknown", now, None)
+                self._check_session_limit(check.identity, now)
                 session = _Session(highest_seq=0, bitmap=0, expires_at_ms=0)
+                fresh_session = True
             self._check_sequence(session, check.seq, now)
 
         # Every check passed: record the nonce and the sequence number.
@@ -92,8 +100,19 @@ class MemoryReplayStore(ReplayStore):
             return ReplayVerdict(server_time_ms=now)
         self._record_sequence(session, check.seq)
         session.expires_at_ms = now + self.session_ttl_ms
+        if fresh_session and self.max_sessions:
+            self._session_starts.setdefault(check.identity, {})[check.session] = now + self.session_ttl_ms
         self._sessions[(check.identity, check.session)] = session
         return ReplayVerdict(server_time_ms=now, highest_seq=session.highest_seq)
+
+    def _check_session_limit(self, identity: str, now: int) -> None:
+        if not self.max_sessions:
+            return
+        starts = self._session_starts.get(identity, {})
+        for token in [token for token, until in starts.items() if until <= now]:
+            del starts[token]
+        if len(starts) >= self.max_sessions:
+            raise self._reject("session.limit_exceeded", now, None)
 
     def _check_sequence(self, session: _Session, seq: int, now: int) -> None:
         if seq > session.highest_seq:

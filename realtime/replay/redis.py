@@ -66,6 +66,7 @@ class RedisReplayStore(ReplayStore):
         max_skew_ms: int,
         seq_window: int,
         session_ttl_ms: int,
+        max_sessions: int = 0,
         timeout_ms: int = 500,
         cluster: bool = False,
         wait_replicas: int = 0,
@@ -73,7 +74,9 @@ class RedisReplayStore(ReplayStore):
         max_connections: int = 100,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(max_skew_ms=max_skew_ms, seq_window=seq_window, session_ttl_ms=session_ttl_ms)
+        super().__init__(
+            max_skew_ms=max_skew_ms, seq_window=seq_window, session_ttl_ms=session_ttl_ms, max_sessions=max_sessions
+        )
         if wait_replicas < 0 or timeout_ms < 1 or wait_timeout_ms < 1 or max_connections < 1:
             raise ValueError(
                 "wait_replicas must be 0 or more, and timeout_ms, wait_timeout_ms and max_connections must be positive"
@@ -190,7 +193,7 @@ class RedisReplayStore(ReplayStore):
         keys = [f"{prefix}n:{check.nonce}"]
         seq: str | int = ""
         if check.session is not None and check.seq is not None:
-            keys += [f"{prefix}s:{check.session}", f"{prefix}b:{check.session}"]
+            keys += [f"{prefix}s:{check.session}", f"{prefix}b:{check.session}", f"{prefix}sessions"]
             seq = check.seq
         args: list[str | int] = [
             check.ts_ms,
@@ -200,6 +203,7 @@ class RedisReplayStore(ReplayStore):
             self.session_ttl_ms,
             "1" if check.create_session else "0",
             "" if self._clock is None else self._clock(),
+            self.max_sessions,
         ]
         return keys, args
 

@@ -28,5 +28,5 @@ class Command(BaseCommand):
         if not announced:
             self.stderr.write(
                 "warning: the channel layer could not be reached, so open sockets were not closed now; "
-                "each is refused at its next command or periodic check"
+                "each is closed at its next command or periodic identity check (REVOCATION_RECHECK_S)"
             )
