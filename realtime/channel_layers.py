@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer as _ChannelsRedisLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer as _ChannelsPubSubLayer
 from redis.exceptions import RedisError
 
-__all__ = ["RedisChannelLayer"]
+__all__ = ["RedisChannelLayer", "RedisPubSubChannelLayer"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +59,36 @@ class RedisChannelLayer(_ChannelsRedisLayer):
         )
         self._last_outage_log = now
         self._suppressed_outage_logs = 0
+
+
+class RedisPubSubChannelLayer(_ChannelsPubSubLayer):
+    """channels-redis's pub/sub layer whose ``new_channel()`` survives a shard that is down.
+
+    Every consumer asks for a channel before its handshake is answered, and
+    the pub/sub layer subscribes to it on the channel's shard at once. With
+    one node of a Redis Cluster down, a share of the handshakes would fail
+    with HTTP 500. This layer hands out the channel anyway and logs. Such a
+    socket receives no revocation message until it reconnects, so its
+    revocation takes effect at its next command or periodic identity check.
+    """
+
+    _last_outage_log = 0.0
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        # NOTE: relies on RedisPubSubLoopLayer's _subscribe_to_channel, which
+        # creates the channel's queue before it subscribes (channels-redis 4.3).
+        layer = self._get_layer()
+        channel = f"{layer.prefix}{prefix}{uuid.uuid4().hex}"
+        try:
+            await layer._subscribe_to_channel(channel)
+        except (RedisError, OSError) as exc:
+            now = time.monotonic()
+            if now - RedisPubSubChannelLayer._last_outage_log >= _LOG_INTERVAL_S:
+                RedisPubSubChannelLayer._last_outage_log = now
+                logger.warning(
+                    "channel layer shard unreachable; %s receives no revocation messages (error=%s: %s)",
+                    channel,
+                    type(exc).__name__,
+                    exc,
+                )
+        return channel

@@ -149,7 +149,7 @@ elif REDIS_CLUSTER:
     # layer works on any nodes of the cluster, sharding channels over them.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "realtime.channel_layers.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": REDIS_CLUSTER_NODES or [REDIS_URL], "prefix": "realtime:layer"},
         }
     }

@@ -45,14 +45,14 @@ def test_layer_on_single_redis() -> None:
 
 def test_layer_pubsub_on_cluster_seed() -> None:
     layer = channel_layer(REDIS_URL="redis://127.0.0.1:1/0", REDIS_CLUSTER="1")
-    assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert layer["BACKEND"] == "realtime.channel_layers.RedisPubSubChannelLayer"
     assert layer["CONFIG"]["hosts"] == ["redis://127.0.0.1:1/0"]
 
 
 def test_layer_pubsub_sharded_over_cluster_nodes() -> None:
     nodes = ["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0", "redis://127.0.0.1:3/0"]
     layer = channel_layer(REDIS_URL=nodes[0], REDIS_CLUSTER="1", REDIS_CLUSTER_NODES=",".join(nodes))
-    assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert layer["BACKEND"] == "realtime.channel_layers.RedisPubSubChannelLayer"
     assert layer["CONFIG"]["hosts"] == nodes
 
 
