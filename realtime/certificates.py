@@ -53,7 +53,7 @@ def der_from_pem(pem: str | bytes) -> bytes:
         raise CertificateInvalid("expected exactly one PEM certificate")
     try:
         certificate = x509.load_pem_x509_certificate(text.encode("ascii"))
-    except (ValueError, UnicodeEncodeError) as exc:
+    except (ValueError, UnicodeEncodeError, x509.InvalidVersion) as exc:
         raise CertificateInvalid(f"certificate does not parse: {exc}") from exc
     return certificate.public_bytes(Encoding.DER)
 
@@ -100,15 +100,15 @@ def inspect_certificate(der: bytes, *, now: dt.datetime | None = None) -> Certif
         not_before = certificate.not_valid_before_utc
         not_after = certificate.not_valid_after_utc
         subject = certificate.subject.rfc4514_string()
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateInvalid(f"certificate does not parse: {exc}") from exc
     try:
         _check_client_usage(certificate)
     except CertificateInvalid:
         raise
-    except ValueError as exc:
-        # cryptography parses extensions when they are first read.
-        raise CertificateInvalid(f"certificate extensions do not parse: {exc}") from exc
+    except (ValueError, x509.InvalidVersion) as exc:
+        # cryptography parses the version and extensions when they are first read.
+        raise CertificateInvalid(f"certificate does not parse: {exc}") from exc
 
     now = now or dt.datetime.now(dt.timezone.utc)
     if now < not_before:

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from django.conf import settings
+
+# Database threads of the test process would keep their connections, and an
+# open connection stops pytest-django from dropping its PostgreSQL test
+# database. Servers the tests start keep the production default.
+settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 from realtime.pki import Authority
 from tests.support.databases import TestDatabases
