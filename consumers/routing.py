@@ -16,6 +16,6 @@ class UnknownPathConsumer(AsyncWebsocketConsumer):
 websocket_urlpatterns = [
     path("ws/v1/transfers/", TransferConsumer.as_asgi()),
     # Without a catch-all, channels' URLRouter raises ValueError and daphne
-    # answers 500 with a traceback in the log.
+    # responds with 500 and logs a traceback.
     re_path(r"", UnknownPathConsumer.as_asgi()),
 ]

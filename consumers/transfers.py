@@ -71,7 +71,7 @@ _log_state = {"last": {}, "suppressed": {}}
 
 
 def _log_rate_limited(message: str, *args: Any) -> None:
-    """Log a warning at most once per _LOG_INTERVAL_S for each message, counting the rest.
+    """Log a warning at most once per _LOG_INTERVAL_S for each message format, counting the rest.
 
     During an outage every socket of the process fails the same way, and one
     line per socket would flood the log.
@@ -121,9 +121,13 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None = None) -> Trans
     Parsing reads no state, so a malformed frame consumes no nonce or
     sequence number.
     """
+    return _frame_from_document(_document_from_message(text_data))
+
+
+def _document_from_message(text_data: str | None) -> dict[str, Any]:
     if text_data is None:
         raise InvalidMessage("binary frames are not accepted; send JSON text frames")
-    return _frame_from_document(parse_json_object(text_data))
+    return parse_json_object(text_data)
 
 
 def _frame_from_document(document: dict[str, Any]) -> TransferFrame | ResumeFrame:
@@ -227,9 +231,7 @@ class TransferConsumer(AsyncWebsocketConsumer):
         seq: int | None = None
         frame: TransferFrame | ResumeFrame | None = None
         try:
-            if text_data is None:
-                raise InvalidMessage("binary frames are not accepted; send JSON text frames")
-            document = parse_json_object(text_data)
+            document = _document_from_message(text_data)
             seq = _readable_seq(document)
             frame = _frame_from_document(document)
             if isinstance(frame, TransferFrame):

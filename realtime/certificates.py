@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -67,24 +68,25 @@ def _check_client_usage(certificate: x509.Certificate) -> None:
     if certificate.version != x509.Version.v3:
         # A v1 certificate has no extensions to tell a CA from an end entity.
         raise CertificateInvalid("certificate is not X.509 version 3; issue client certificates as v3")
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
+    constraints = _extension_value(certificate, x509.BasicConstraints)
     if constraints is not None and constraints.ca:
         raise CertificateInvalid("certificate is a CA certificate, not a client certificate")
-    try:
-        key_usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        key_usage = None
+    key_usage = _extension_value(certificate, x509.KeyUsage)
     if key_usage is not None and key_usage.key_cert_sign:
         raise CertificateInvalid("certificate may sign certificates (keyCertSign), so it is not a client certificate")
-    try:
-        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
+    usages = _extension_value(certificate, x509.ExtendedKeyUsage)
+    if usages is None:
         return
     if ExtendedKeyUsageOID.CLIENT_AUTH not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
         raise CertificateInvalid("certificate's extended key usage does not include clientAuth")
+
+
+def _extension_value(certificate: x509.Certificate, extension_type: type) -> Any:
+    """Return the value of the certificate's extension of this type, or None when it has none."""
+    try:
+        return certificate.extensions.get_extension_for_class(extension_type).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def inspect_certificate(der: bytes, *, now: dt.datetime | None = None) -> CertificateFacts:

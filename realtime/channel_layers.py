@@ -64,7 +64,7 @@ class RedisChannelLayer(_ChannelsRedisLayer):
 class RedisPubSubChannelLayer(_ChannelsPubSubLayer):
     """channels-redis's pub/sub layer whose ``new_channel()`` survives a shard that is down.
 
-    Every consumer asks for a channel before its handshake is answered, and
+    Every consumer requests a channel before its handshake is accepted, and
     the pub/sub layer subscribes to it on the channel's shard at once. With
     one node of a Redis Cluster down, a share of the handshakes would fail
     with HTTP 500. This layer hands out the channel anyway and logs. Such a

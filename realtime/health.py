@@ -28,7 +28,7 @@ def _database_answers() -> bool:
 
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
-    """Return 200 when the database and the replay store answer, 503 otherwise."""
+    """Return 200 when the database and the replay store respond, 503 otherwise."""
     database_ok = await sync_to_async(_database_answers, thread_sensitive=False)()
     try:
         await get_replay_store().ping()

@@ -51,8 +51,8 @@ class ClientIdentityMiddleware:
             return
         except (OperationalError, InterfaceError) as exc:
             if scope["type"] == "websocket":
-                # daphne can answer a handshake only with 403 (close) or 500
-                # (an exception), and 403 would tell the client it was refused.
+                # daphne can respond to a handshake only with 403 (close) or 500
+                # (an exception), and 403 would tell the client it was rejected.
                 raise
             logger.warning("identity lookup failed, database unavailable: %s", exc)
             await _send_problem(send, ServiceUnavailable("database is unavailable; nothing was executed"), retry_after=1)

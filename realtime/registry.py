@@ -60,7 +60,7 @@ def deactivate_client(name: str) -> tuple[Client, bool]:
 
     New handshakes are refused from the moment the transaction commits,
     because identity checks ``is_active`` on every connection. Returns the
-    client and whether the revocation reached the channel layer; when it did
+    client and whether the revocation reached the channel layer. When it did
     not, open sockets close at their next command or periodic identity check.
     """
     with transaction.atomic():
@@ -90,17 +90,17 @@ def revoke_certificate(fingerprint: str) -> tuple[ClientCertificate, bool]:
     layer. The client's other certificates keep working. Returns the record
     and whether the revocation reached the channel layer.
     """
-    wanted = fingerprint.strip().lower().replace(":", "")
-    if len(wanted) < 16 or any(character not in "0123456789abcdef" for character in wanted):
+    prefix = fingerprint.strip().lower().replace(":", "")
+    if len(prefix) < 16 or any(character not in "0123456789abcdef" for character in prefix):
         raise RegistryError("give the certificate's SHA-256 fingerprint in hex, at least its first 16 digits")
     with transaction.atomic():
         matches = list(
-            ClientCertificate.objects.select_for_update().select_related("client").filter(fingerprint_sha256__startswith=wanted)[:2]
+            ClientCertificate.objects.select_for_update().select_related("client").filter(fingerprint_sha256__startswith=prefix)[:2]
         )
         if not matches:
-            raise RegistryError(f"no registered certificate has a fingerprint starting with {wanted}")
+            raise RegistryError(f"no registered certificate has a fingerprint starting with {prefix}")
         if len(matches) > 1:
-            raise RegistryError(f"more than one certificate matches {wanted}; give more digits")
+            raise RegistryError(f"more than one certificate matches {prefix}; give more digits")
         record = matches[0]
         if record.revoked_at is None:
             record.revoked_at = timezone.now()
@@ -111,6 +111,6 @@ def revoke_certificate(fingerprint: str) -> tuple[ClientCertificate, bool]:
     try:
         announce_revocation_sync(record.client_id, fingerprint=record.fingerprint_sha256)
     except Exception as exc:  # channel-layer backends raise their own error types
-        logger.error("certificate %s revoked, but the channel layer is unreachable: %s", wanted[:16], exc)
+        logger.error("certificate %s revoked, but the channel layer is unreachable: %s", prefix[:16], exc)
         return record, False
     return record, True

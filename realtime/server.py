@@ -16,7 +16,7 @@ It also resets ``scope["root_path"]`` to the server's own root path: daphne
 takes it from any request's ``Daphne-Root-Path`` header, which a client
 could otherwise send to change how Django routes its request.
 
-Finally, it makes autobahn answer an oversized frame with a close frame (1009)
+Finally, it makes autobahn respond to an oversized frame with a close frame (1009)
 that the client can read, instead of dropping the TCP connection.
 """
 

@@ -11,9 +11,9 @@ stops the servers.
 
 Each check is a session check (nonce, timestamp and sequence number), the
 path every WebSocket command takes. The clients run on the same machine as
-Redis, so on a small machine they compete with it for CPU: the measured
-throughput is a lower bound, and the CPU time per check gives the estimate
-of what one core running only Redis would sustain.
+Redis, so on a small machine they compete with it for CPU. The measured
+throughput is therefore a lower bound. The CPU time per check gives the
+estimate of what one core running only Redis would sustain.
 """
 
 from __future__ import annotations

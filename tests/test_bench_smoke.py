@@ -1,6 +1,6 @@
 """``python -m bench`` once in its tiny profile, so that the benchmark cannot rot.
 
-The figures of a tiny run mean nothing; the test checks that every section
+The figures of a tiny run mean nothing. The test checks that every section
 ran against the real servers and that the report contains every key.
 """
 

@@ -277,7 +277,7 @@ def test_model_cluster_store(redis_cluster_url: str) -> None:
 
 
 def test_model_catches_broken_store() -> None:
-    """The comparison can fail: a store that forgets sequence numbers is caught."""
+    """The comparison can fail: a store that loses sequence numbers is caught."""
 
     class ForgetfulStore(MemoryReplayStore):
         async def check(self, check: ReplayCheck) -> ReplayVerdict:

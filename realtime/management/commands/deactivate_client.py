@@ -11,7 +11,7 @@ from realtime.registry import RegistryError, deactivate_client
 
 class Command(BaseCommand):
     help = (
-        "Deactivate client NAME. New handshakes are refused at once; open WebSockets are closed "
+        "Deactivate client NAME. New handshakes are rejected at once, and open WebSockets are closed "
         "(code 4001) through the channel layer, on every worker when REDIS_URL is set."
     )
 
